@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+# Re-runs only when setup.py changes: the stamp records a finished install.
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	# FastReID's metadata pins torch 1.13.1: install it without its dependencies.
+	$(PY) -m pip install -q --no-deps fastreid==1.4.0
+	$(PY) -c "import cpcl_plugin; print('cpcl_plugin ready; compat patches:', cpcl_plugin.compat.applied())"
+	touch $(STAMP)
+
+demo: install
+	$(PY) tools/train_net.py --config-file configs/CPCL/synthetic.yml
+
+test: install
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) logs *.egg-info

@@ -1,0 +1,206 @@
+"""Adapts FastReID 1.4.0 (PyPI, JDAI-CV code of early 2023) to today's Python, torch, numpy and
+to CPU-only machines. This is the only module of the project that touches FastReID internals.
+
+`apply()` runs once, from ``import cpcl_plugin``, before anything else imports FastReID. Every patch
+is feature-detected: it does nothing where the running FastReID (or Python/torch/numpy) is already
+fine, and `applied()` lists the patches that actually took effect.
+
+Patches, and why:
+
+- ``collections_abc_aliases``: ``fastreid.data.build`` and ``fastreid.evaluation.testing`` do
+  ``from collections import Mapping``; the ABC aliases left ``collections`` in Python 3.10.
+- ``torch_six``: ``fastreid.data.build`` imports ``string_classes`` from ``torch._six``, removed in
+  torch 2.0. A tiny stand-in module provides the names FastReID uses.
+- ``numpy_bool``: ``fastreid.evaluation.rank`` uses ``np.bool``, removed in numpy 1.24 (numpy 2
+  brought it back; then nothing is patched).
+- ``dataloaderx_cpu``: ``DataLoaderX`` creates a CUDA stream in ``__init__`` and its prefetch
+  thread calls ``torch.cuda.set_device``: both fail without CUDA. Without CUDA the loader keeps the
+  background prefetch thread but skips streams and device copies.
+- ``typed_storage_warning``: FastReID's ``ToTensor`` reads images through ``torch.ByteStorage``,
+  which torch 2 deprecates with a warning per image; the warning is silenced, the code still works.
+- ``launch_gloo``: ``fastreid.engine.launch._distributed_worker`` asserts CUDA, hard-codes NCCL and
+  calls ``torch.cuda.set_device``. The replacement uses gloo and no CUDA call when CUDA is absent
+  or when ``CPCL_DEVICE=cpu`` is in the environment (``tools/train_net.py`` sets it from
+  ``MODEL.DEVICE`` before launching), and behaves exactly as before otherwise.
+
+Not patched here, because the project simply does not use the broken path: ``build_optimizer``'s
+ContiguousParams (the trainer calls it with ``contiguous=False``), ``ReidEvaluator`` (the project
+has its own text-to-image evaluator on top of ``evaluate_rank``), ``AMPTrainer`` (CUDA-only) and
+DDP's ``device_ids`` on CPU (the trainer builds DDP itself).
+"""
+import collections
+import collections.abc
+import logging
+import os
+import sys
+import types
+
+__all__ = ["apply", "applied", "dist_backend"]
+
+_APPLIED = []
+_DONE = False
+
+
+def applied():
+    """Names of the patches that took effect in this process."""
+    return list(_APPLIED)
+
+
+def _patch_collections():
+    names = ("Mapping", "MutableMapping", "Sequence", "Iterable", "Callable")
+    missing = [n for n in names if not hasattr(collections, n)]
+    for n in missing:
+        setattr(collections, n, getattr(collections.abc, n))
+    return bool(missing)
+
+
+def _patch_torch_six():
+    try:
+        import torch._six  # noqa: F401
+        return False
+    except ImportError:
+        pass
+    import torch
+    six = types.ModuleType("torch._six")
+    six.string_classes = (str, bytes)
+    six.int_classes = int
+    six.container_abcs = collections.abc
+    six.inf = float("inf")
+    sys.modules["torch._six"] = six
+    torch._six = six
+    return True
+
+
+def _patch_numpy_bool():
+    import numpy as np
+    if "bool" in np.__dict__:
+        return False
+    np.bool = bool
+    return True
+
+
+def dist_backend():
+    """The process-group backend a launched worker uses: NCCL on CUDA machines, gloo otherwise."""
+    import torch
+    if os.environ.get("CPCL_DEVICE", "").lower().startswith("cpu") or not torch.cuda.is_available():
+        return "gloo"
+    return "nccl"
+
+
+def _distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank,
+                        dist_url, args):
+    """FastReID's worker, with the backend chosen by `dist_backend()` and CUDA calls only on CUDA."""
+    import torch
+    import torch.distributed as dist
+    from fastreid.utils import comm
+
+    backend = dist_backend()
+    if backend == "nccl":
+        assert num_gpus_per_machine <= torch.cuda.device_count(), (
+            f"--num-gpus {num_gpus_per_machine} asks for more GPUs than the "
+            f"{torch.cuda.device_count()} this machine has")
+    global_rank = machine_rank * num_gpus_per_machine + local_rank
+    try:
+        dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size,
+                                rank=global_rank)
+    except Exception:
+        logging.getLogger(__name__).error("Process group URL: %s", dist_url)
+        raise
+    comm.synchronize()
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    assert comm._LOCAL_PROCESS_GROUP is None
+    num_machines = world_size // num_gpus_per_machine
+    for i in range(num_machines):
+        ranks_on_i = list(range(i * num_gpus_per_machine, (i + 1) * num_gpus_per_machine))
+        group = dist.new_group(ranks_on_i)
+        if i == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+    try:
+        main_func(*args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _patch_launch():
+    import importlib
+    # `fastreid.engine` re-exports the function `launch`, which shadows the module of that name.
+    launch_mod = importlib.import_module("fastreid.engine.launch")
+    src = getattr(launch_mod._distributed_worker, "__code__", None)
+    if src is None or "NCCL" not in src.co_consts:
+        return False
+    launch_mod._distributed_worker = _distributed_worker
+    return True
+
+
+def _patch_dataloaderx():
+    import torch
+    from fastreid.data import data_utils
+
+    if torch.cuda.is_available() or getattr(data_utils.DataLoaderX, "_cpcl_cpu_safe", False):
+        return False
+    cls = data_utils.DataLoaderX
+    gen = data_utils.BackgroundGenerator
+
+    def loader_init(self, local_rank, **kwargs):
+        torch.utils.data.DataLoader.__init__(self, **kwargs)
+        self.stream = None
+        self.local_rank = local_rank
+
+    def loader_preload(self):
+        self.batch = next(self.iter, None)
+
+    def loader_next(self):
+        batch = self.batch
+        if batch is None:
+            raise StopIteration
+        self.preload()
+        return batch
+
+    def generator_run(self):
+        for item in self.generator:
+            if self.exit_event.is_set():
+                break
+            self.queue.put(item)
+        self.queue.put(None)
+
+    cls.__init__ = loader_init
+    cls.preload = loader_preload
+    cls.__next__ = loader_next
+    cls._cpcl_cpu_safe = True
+    gen.run = generator_run
+    return True
+
+
+def _quiet_typed_storage_warning():
+    # FastReID's ToTensor uses torch.ByteStorage, deprecated in torch 2: one warning per image.
+    import warnings
+    import torch
+    if not hasattr(torch, "TypedStorage"):
+        return False
+    warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+    return True
+
+
+_PATCHES = (
+    ("collections_abc_aliases", _patch_collections),
+    ("torch_six", _patch_torch_six),
+    ("numpy_bool", _patch_numpy_bool),
+    ("dataloaderx_cpu", _patch_dataloaderx),
+    ("launch_gloo", _patch_launch),
+    ("typed_storage_warning", _quiet_typed_storage_warning),
+)
+
+
+def apply():
+    """Apply every patch that is needed; safe to call more than once."""
+    global _DONE
+    if _DONE:
+        return applied()
+    # The first three must run before any FastReID module is imported.
+    for name, patch in _PATCHES:
+        if patch():
+            _APPLIED.append(name)
+    _DONE = True
+    return applied()

@@ -1,0 +1,157 @@
+"""Every config key the plugin adds to FastReID's, declared in one place with a comment each.
+
+Typical use (what ``tools/train_net.py`` does)::
+
+    from cpcl_plugin import load_config
+    cfg = load_config("configs/CPCL/cuhk.yml", ["SOLVER.MAX_EPOCH", "10"])
+"""
+import os
+
+from fastreid.config import CfgNode as CN
+from fastreid.config import get_cfg
+
+__all__ = ["add_cpcl_config", "load_config", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A config file, key or value the user has to fix; the message says which and how."""
+
+
+def add_cpcl_config(cfg):
+    """Declare the plugin's keys on a FastReID config (before ``merge_from_file``)."""
+    _C = cfg
+
+    # Seed of python, numpy and torch RNGs (plus rank); negative: a fresh random seed per run.
+    _C.SEED = 0
+
+    # ---- encoders -------------------------------------------------------------------------------
+    # open_clip image/text encoders. MODEL.BACKBONE.NAME picks the image encoder: the CLIP image
+    # tower ("build_openclip_backbone") or any FastReID backbone ("build_resnet_backbone", ...).
+    _C.MODEL.CLIP = CN()
+    # open_clip architecture name: "ViT-B-16", "RN50", "ViT-L-14", or the plugin's "CPCL-Tiny".
+    _C.MODEL.CLIP.ARCH = "ViT-B-16"
+    # open_clip pretrained tag ("openai", "laion2b_s34b_b88k", ...) or a local weight file;
+    # empty: random initialisation.
+    _C.MODEL.CLIP.PRETRAINED = ""
+    # Image size (H, W) of the CLIP image tower; empty: INPUT.SIZE_TRAIN. Position embeddings of
+    # weights saved at another size are interpolated on load.
+    _C.MODEL.CLIP.IMAGE_SIZE = []
+    # Text context length in tokens; longer captions are truncated keeping the end-of-text token.
+    _C.MODEL.CLIP.CONTEXT_LENGTH = 77
+
+    # Text encoder, from the plugin's TEXT_ENCODER_REGISTRY.
+    _C.MODEL.TEXT_ENCODER = CN()
+    # Registered builder name; "build_openclip_text_encoder" uses MODEL.CLIP.
+    _C.MODEL.TEXT_ENCODER.NAME = "build_openclip_text_encoder"
+
+    # Head that turns a FastReID backbone's feature map into the joint embedding (unused by CLIP).
+    _C.MODEL.IMAGE_HEAD = CN()
+    # A pooling layer of fastreid.layers.pooling: GlobalAvgPool, GeneralizedMeanPoolingP, ...
+    _C.MODEL.IMAGE_HEAD.POOL_LAYER = "GlobalAvgPool"
+
+    # CPCL objective.
+    _C.MODEL.CPCL = CN()
+    # Weight of the instance-level image-text contrastive loss (ITC, symmetric InfoNCE).
+    _C.MODEL.CPCL.ITC_WEIGHT = 1.0
+    # ITC temperature (initial value when learnable).
+    _C.MODEL.CPCL.TEMPERATURE = 0.02
+    # Learn the ITC temperature (as CLIP does) or keep it fixed.
+    _C.MODEL.CPCL.LEARN_TEMPERATURE = False
+
+    # ---- data -----------------------------------------------------------------------------------
+    # Dataset root; empty: $FASTREID_DATASETS, else "datasets" (FastReID's convention).
+    _C.DATASETS.ROOT = ""
+    # The embedded synthetic dataset (DATASETS.NAMES = ("SyntheticPedes",)), generated on first use
+    # into DATASETS.ROOT/SyntheticPedes-<hash of these settings>.
+    _C.DATASETS.SYNTHETIC = CN()
+    # Identities per split (disjoint between splits).
+    _C.DATASETS.SYNTHETIC.NUM_TRAIN_IDS = 200
+    _C.DATASETS.SYNTHETIC.NUM_VAL_IDS = 0
+    _C.DATASETS.SYNTHETIC.NUM_TEST_IDS = 100
+    # Images per identity (pose, scale, position, background, light, occlusion vary).
+    _C.DATASETS.SYNTHETIC.IMAGES_PER_ID = 4
+    # Captions per image, each describing a random subset of the identity's attributes.
+    _C.DATASETS.SYNTHETIC.CAPTIONS_PER_IMAGE = 2
+    # Range (min, max) of attributes one caption mentions: fewer means harder.
+    _C.DATASETS.SYNTHETIC.ATTRIBUTES_PER_CAPTION = [3, 5]
+    # Rendered image size (H, W).
+    _C.DATASETS.SYNTHETIC.IMAGE_SIZE = [128, 64]
+    # Generator seed; the same settings and seed write the same files.
+    _C.DATASETS.SYNTHETIC.SEED = 0
+
+    # ---- training loop ---------------------------------------------------------------------------
+    # Iterations between two lines of training metrics (console, metrics.json, TensorBoard).
+    _C.SOLVER.LOG_PERIOD = 20
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    # Evaluate once before training and print that table beside the final one.
+    _C.TEST.EVAL_BEFORE_TRAIN = False
+    return cfg
+
+
+def _config_error_from_key_error(err, source):
+    key = str(err).strip("'\"").replace("Non-existent config key: ", "")
+    return ConfigError(
+        f"Unknown config key in {source}: {key}. Check its spelling against "
+        f"cpcl_plugin/config.py and FastReID's fastreid/config/defaults.py.")
+
+
+def load_config(config_file="", opts=None):
+    """Build the full config: FastReID's defaults, the plugin's keys, the file, then `opts`.
+
+    Raises `ConfigError` with one sentence naming the file or key when something is wrong.
+    """
+    cfg = get_cfg()
+    add_cpcl_config(cfg)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise ConfigError(f"Config file not found: {config_file}. Pass an existing YAML file, "
+                              f"e.g. --config-file configs/CPCL/synthetic.yml.")
+        try:
+            cfg.merge_from_file(config_file)
+        except KeyError as err:
+            raise _config_error_from_key_error(err, config_file) from None
+        except FileNotFoundError as err:
+            raise ConfigError(f"{config_file}: its _BASE_ file does not exist ({err.filename}); "
+                              f"_BASE_ is relative to the including file.") from None
+        except (ValueError, TypeError, AssertionError) as err:
+            raise ConfigError(f"Bad value in {config_file}: {err}") from None
+    if opts:
+        if len(opts) % 2:
+            raise ConfigError(f"Command-line overrides must be KEY VALUE pairs; got an odd number: "
+                              f"{' '.join(opts)}")
+        try:
+            cfg.merge_from_list(list(opts))
+        except KeyError as err:
+            raise _config_error_from_key_error(err, "the command line") from None
+        except (ValueError, TypeError, AssertionError) as err:
+            raise ConfigError(f"Bad value on the command line: {err}") from None
+    check_config(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def check_config(cfg):
+    """Reject combinations that would otherwise fail deep inside training."""
+    import torch
+    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE} but this machine has no CUDA "
+                          f"device; add MODEL.DEVICE cpu to the command line.")
+    if cfg.SOLVER.IMS_PER_BATCH < 2:
+        raise ConfigError("SOLVER.IMS_PER_BATCH must be at least 2: the contrastive loss needs "
+                          "negatives in the batch.")
+    if list(cfg.INPUT.SIZE_TRAIN) != list(cfg.INPUT.SIZE_TEST):
+        raise ConfigError(f"INPUT.SIZE_TRAIN {list(cfg.INPUT.SIZE_TRAIN)} and INPUT.SIZE_TEST "
+                          f"{list(cfg.INPUT.SIZE_TEST)} differ; the encoders need one image size.")
+    if cfg.MODEL.CLIP.IMAGE_SIZE and list(cfg.MODEL.CLIP.IMAGE_SIZE) != list(cfg.INPUT.SIZE_TRAIN):
+        raise ConfigError(f"MODEL.CLIP.IMAGE_SIZE {list(cfg.MODEL.CLIP.IMAGE_SIZE)} differs from "
+                          f"INPUT.SIZE_TRAIN {list(cfg.INPUT.SIZE_TRAIN)}; leave it empty or make "
+                          f"them equal.")
+    if cfg.TEST.EVAL_PERIOD <= 0:
+        raise ConfigError(f"TEST.EVAL_PERIOD must be a positive number of epochs, got "
+                          f"{cfg.TEST.EVAL_PERIOD}.")
+    if cfg.TEST.FLIP.ENABLED:
+        raise ConfigError("TEST.FLIP.ENABLED is not supported for text-to-image retrieval "
+                          "(captions cannot be flipped); set it to False.")
+    if cfg.MODEL.CPCL.TEMPERATURE <= 0:
+        raise ConfigError(f"MODEL.CPCL.TEMPERATURE must be positive, got {cfg.MODEL.CPCL.TEMPERATURE}.")

@@ -1,0 +1,6 @@
+from .build import (EpochPairSampler, KindAwareBatchSampler, TextImageEvalSet, TextImagePairs,
+                    build_text_image_test_loader, build_text_image_train_loader)
+from .datasets import (CUHKPEDES, ICFGPEDES, DatasetError, ImageRecord, RSTPReid, SyntheticPedes,
+                       TextImageDataset, build_dataset, dataset_root)
+from .synthetic import SyntheticSpec, ensure_synthetic_dataset, generate_synthetic_dataset
+from .tokenizer import CaptionTokenizer, build_tokenizer

@@ -1,0 +1,167 @@
+"""Torch datasets, samplers and loaders for text-image training and text-to-image evaluation.
+
+Training items are image-caption pairs, one per caption, and carry what weak supervision may use:
+the dataset index, the image index (which image the caption belongs to), the image and the
+tokens. They never carry identity labels.
+
+Evaluation items are all captions of a split (queries) followed by all its images (gallery); a
+batch holds only one kind, so one FastReID `inference_on_dataset` pass computes both.
+"""
+import logging
+
+import numpy as np
+import torch
+from fastreid.data.data_utils import DataLoaderX, read_image
+from fastreid.data.transforms import build_transforms
+from fastreid.utils import comm
+from torch.utils.data import Dataset, Sampler
+
+from .datasets import build_dataset
+from .tokenizer import build_tokenizer
+
+__all__ = ["TextImagePairs", "TextImageEvalSet", "EpochPairSampler", "KindAwareBatchSampler",
+           "build_text_image_train_loader", "build_text_image_test_loader", "flatten_pairs"]
+
+logger = logging.getLogger(__name__)
+
+
+def flatten_pairs(records):
+    """(image index, caption) for every caption of `records`, in record order."""
+    return [(i, c) for i, rec in enumerate(records) for c in rec.captions]
+
+
+class TextImagePairs(Dataset):
+    """One item per caption: its image (transformed) and its tokens. No identity label."""
+
+    def __init__(self, records, transform, tokenizer):
+        self.records = records
+        self.pairs = flatten_pairs(records)
+        self.transform = transform
+        self.tokenizer = tokenizer
+
+    def __len__(self):
+        return len(self.pairs)
+
+    @property
+    def num_images(self):
+        return len(self.records)
+
+    def __getitem__(self, index):
+        image_index, caption = self.pairs[index]
+        image = self.transform(read_image(self.records[image_index].image_path))
+        return {"indices": index, "image_ids": image_index, "images": image,
+                "tokens": self.tokenizer(caption)}
+
+
+class TextImageEvalSet(Dataset):
+    """Captions (queries) first, then images (gallery), with identities for the metrics."""
+
+    def __init__(self, records, transform, tokenizer):
+        self.records = records
+        self.captions = flatten_pairs(records)
+        self.transform = transform
+        self.tokenizer = tokenizer
+
+    @property
+    def num_query(self):
+        return len(self.captions)
+
+    def __len__(self):
+        return len(self.captions) + len(self.records)
+
+    def __getitem__(self, index):
+        if index < len(self.captions):
+            image_index, caption = self.captions[index]
+            return {"indices": index, "tokens": self.tokenizer(caption),
+                    "targets": self.records[image_index].pid}
+        rec = self.records[index - len(self.captions)]
+        return {"indices": index, "images": self.transform(read_image(rec.image_path)),
+                "targets": rec.pid}
+
+
+class EpochPairSampler(Sampler):
+    """One shuffled pass over the pairs per epoch, the same permutation on every rank, each rank
+    taking its own contiguous share. Seeded by (seed, epoch), so a resumed run sees the same order
+    as an uninterrupted one."""
+
+    def __init__(self, size, batch_size_per_rank, seed=0):
+        self.size = size
+        self.rank, self.world = comm.get_rank(), comm.get_world_size()
+        self.per_rank = (size // (batch_size_per_rank * self.world)) * batch_size_per_rank
+        if self.per_rank == 0:
+            raise ValueError(f"The training set has {size} pairs, fewer than one batch of "
+                             f"{batch_size_per_rank * self.world}; lower SOLVER.IMS_PER_BATCH.")
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+        start = self.rank * self.per_rank
+        yield from perm[start:start + self.per_rank].tolist()
+
+    def __len__(self):
+        return self.per_rank
+
+
+class KindAwareBatchSampler(Sampler):
+    """Batches over this rank's contiguous share of an eval set that never mix captions and images."""
+
+    def __init__(self, size, num_query, batch_size):
+        rank, world = comm.get_rank(), comm.get_world_size()
+        per_rank = (size + world - 1) // world
+        self.start, self.stop = min(size, rank * per_rank), min(size, (rank + 1) * per_rank)
+        self.num_query, self.batch_size = num_query, batch_size
+
+    def __iter__(self):
+        for lo, hi in ((self.start, min(self.stop, self.num_query)),
+                       (max(self.start, self.num_query), self.stop)):
+            for b in range(lo, hi, self.batch_size):
+                yield list(range(b, min(b + self.batch_size, hi)))
+
+    def __len__(self):
+        n = 0
+        for lo, hi in ((self.start, min(self.stop, self.num_query)),
+                       (max(self.start, self.num_query), self.stop)):
+            n += max(0, (hi - lo + self.batch_size - 1) // self.batch_size)
+        return n
+
+
+def _loader(dataset, batch_sampler, num_workers):
+    # FastReID's DataLoaderX: prefetch thread, and on CUDA a copy stream (CPU-safe via compat).
+    from fastreid.data.build import fast_batch_collator
+    return DataLoaderX(comm.get_local_rank(), dataset=dataset, batch_sampler=batch_sampler,
+                       num_workers=num_workers, collate_fn=fast_batch_collator,
+                       pin_memory=torch.cuda.is_available())
+
+
+def _log_statistics(data, name):
+    if comm.is_main_process():
+        logger.info(f"Loaded {name} from {data.annotation_path}:\n{data.statistics_table()}")
+
+
+def build_text_image_train_loader(cfg):
+    """The training loader over every caption of DATASETS.NAMES' train splits."""
+    tokenizer = build_tokenizer(cfg)
+    records = []
+    for name in cfg.DATASETS.NAMES:
+        data = build_dataset(cfg, name)
+        _log_statistics(data, name)
+        records.extend(data.split("train"))
+    train_set = TextImagePairs(records, build_transforms(cfg, is_train=True), tokenizer)
+    batch_per_rank = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+    sampler = EpochPairSampler(len(train_set), batch_per_rank, seed=max(cfg.SEED, 0))
+    batch_sampler = torch.utils.data.BatchSampler(sampler, batch_per_rank, drop_last=True)
+    return _loader(train_set, batch_sampler, cfg.DATALOADER.NUM_WORKERS)
+
+
+def build_text_image_test_loader(cfg, dataset_name, split="test"):
+    """(loader, number of queries) over a split's captions then images."""
+    data = build_dataset(cfg, dataset_name)
+    test_set = TextImageEvalSet(data.split(split), build_transforms(cfg, is_train=False),
+                                build_tokenizer(cfg))
+    batch_sampler = KindAwareBatchSampler(len(test_set), test_set.num_query,
+                                          max(1, cfg.TEST.IMS_PER_BATCH // comm.get_world_size()))
+    return _loader(test_set, batch_sampler, cfg.DATALOADER.NUM_WORKERS), test_set.num_query

@@ -1,0 +1,313 @@
+"""A procedurally drawn pedestrian dataset with captions, written in the CUHK-PEDES on-disk format.
+
+Each identity is a set of attributes (gender, hair, hat, upper and lower clothing, shoes, bag).
+Each of its images draws that person with another pose, scale, position, background, light and
+sometimes an occluder; each caption describes a random subset of the attributes in varied wording.
+A caption that names only some attributes matches several identities, which is what makes
+prototypes (many captions and images of one person pooled together) useful.
+
+The generator is deterministic: the same settings and seed write byte-identical annotation files
+and images. `ensure_synthetic_dataset` generates into a folder named by a hash of the settings,
+once, atomically (a temporary folder renamed into place), and reuses it afterwards.
+"""
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from ..config import ConfigError
+
+__all__ = ["SyntheticSpec", "generate_synthetic_dataset", "ensure_synthetic_dataset",
+           "sample_identity", "describe_identity"]
+
+COLORS = {
+    "black": (25, 25, 28), "white": (235, 235, 235), "gray": (128, 128, 132),
+    "red": (200, 30, 35), "blue": (35, 70, 190), "green": (40, 140, 60), "yellow": (230, 200, 40),
+    "orange": (235, 125, 30), "purple": (120, 50, 150), "pink": (235, 140, 180),
+    "brown": (115, 75, 40), "navy": (20, 30, 85),
+}
+HAIR_COLORS = {"black": (20, 18, 18), "brown": (95, 60, 30), "blonde": (215, 185, 110),
+               "gray": (150, 150, 150)}
+SKIN_TONES = [(250, 215, 185), (225, 180, 140), (180, 130, 95), (120, 85, 60)]
+UPPER_TYPES = ["t-shirt", "shirt", "jacket", "coat", "sweater"]
+LOWER_TYPES = ["trousers", "jeans", "shorts", "skirt"]
+BAG_TYPES = ["backpack", "handbag", "shoulder bag"]
+HAT_TYPES = ["cap", "beanie"]
+SHOE_COLORS = ["black", "white", "brown", "red", "blue"]
+
+# Attribute names a caption can mention.
+ATTRIBUTES = ("gender", "hair", "hat", "upper", "lower", "shoes", "bag")
+
+
+class SyntheticSpec(dict):
+    """Settings of one synthetic dataset; a plain dict so it hashes and serialises simply."""
+
+    def __init__(self, num_train_ids=200, num_val_ids=0, num_test_ids=100, images_per_id=4,
+                 captions_per_image=2, attributes_per_caption=(3, 5), image_size=(128, 64),
+                 seed=0):
+        lo, hi = (int(v) for v in attributes_per_caption)
+        if not 1 <= lo <= hi <= len(ATTRIBUTES):
+            raise ConfigError(f"DATASETS.SYNTHETIC.ATTRIBUTES_PER_CAPTION must be (min, max) with "
+                             f"1 <= min <= max <= {len(ATTRIBUTES)}, got {[lo, hi]}.")
+        if min(num_train_ids, num_test_ids) < 1 or num_val_ids < 0:
+            raise ConfigError("DATASETS.SYNTHETIC needs at least one train and one test identity.")
+        if images_per_id < 1 or captions_per_image < 1:
+            raise ConfigError("DATASETS.SYNTHETIC.IMAGES_PER_ID and CAPTIONS_PER_IMAGE must be >= 1.")
+        super().__init__(num_train_ids=int(num_train_ids), num_val_ids=int(num_val_ids),
+                         num_test_ids=int(num_test_ids), images_per_id=int(images_per_id),
+                         captions_per_image=int(captions_per_image),
+                         attributes_per_caption=[lo, hi],
+                         image_size=[int(v) for v in image_size], seed=int(seed))
+
+    @classmethod
+    def from_cfg(cls, cfg):
+        s = cfg.DATASETS.SYNTHETIC
+        return cls(s.NUM_TRAIN_IDS, s.NUM_VAL_IDS, s.NUM_TEST_IDS, s.IMAGES_PER_ID,
+                   s.CAPTIONS_PER_IMAGE, s.ATTRIBUTES_PER_CAPTION, s.IMAGE_SIZE, s.SEED)
+
+    def digest(self):
+        blob = json.dumps(self, sort_keys=True).encode() + GENERATOR_VERSION.encode()
+        return hashlib.sha1(blob).hexdigest()[:10]
+
+
+# Bump when the drawing or the wording changes, so cached datasets are regenerated.
+GENERATOR_VERSION = "1"
+
+
+def sample_identity(rng):
+    """Draw one person's attributes."""
+    gender = "woman" if rng.random() < 0.5 else "man"
+    palette = list(COLORS)
+    ident = {
+        "gender": gender,
+        "hair_color": str(rng.choice(list(HAIR_COLORS))),
+        "hair_long": bool(rng.random() < (0.7 if gender == "woman" else 0.15)),
+        "hat": str(rng.choice(HAT_TYPES)) if rng.random() < 0.3 else None,
+        "hat_color": str(rng.choice(palette)),
+        "upper": str(rng.choice(UPPER_TYPES)),
+        "upper_color": str(rng.choice(palette)),
+        "lower": str(rng.choice(LOWER_TYPES if gender == "woman" else LOWER_TYPES[:3])),
+        "lower_color": str(rng.choice(palette)),
+        "shoes_color": str(rng.choice(SHOE_COLORS)),
+        "bag": str(rng.choice(BAG_TYPES)) if rng.random() < 0.6 else None,
+        "bag_color": str(rng.choice(palette)),
+        "skin": int(rng.integers(len(SKIN_TONES))),
+    }
+    return ident
+
+
+def _phrases(ident, rng):
+    """One phrase per attribute, with the wording varied."""
+    g = ident["gender"]
+    noun = str(rng.choice({"woman": ["woman", "lady", "girl", "female pedestrian"],
+                           "man": ["man", "guy", "male pedestrian", "gentleman"]}[g]))
+    hair = f"{'long' if ident['hair_long'] else 'short'} {ident['hair_color']} hair"
+    wear = str(rng.choice(["wearing", "dressed in", "in", "who wears"]))
+    out = {
+        "gender": noun,
+        "hair": str(rng.choice([f"with {hair}", f"who has {hair}"])),
+        "hat": (f"{wear} a {ident['hat_color']} {ident['hat']}" if ident["hat"]
+                else str(rng.choice(["with no hat", "without a hat"]))),
+        "upper": f"{wear} a {ident['upper_color']} {ident['upper']}",
+        "lower": (f"{wear} {ident['lower_color']} {ident['lower']}" if ident["lower"] != "skirt"
+                  else f"{wear} a {ident['lower_color']} skirt"),
+        "shoes": str(rng.choice([f"with {ident['shoes_color']} shoes",
+                                 f"wearing {ident['shoes_color']} shoes"])),
+        "bag": (str(rng.choice([f"carrying a {ident['bag_color']} {ident['bag']}",
+                                f"with a {ident['bag_color']} {ident['bag']}"]))
+                if ident["bag"] else str(rng.choice(["carrying nothing", "with no bag"]))),
+    }
+    return out
+
+
+def describe_identity(ident, rng, num_attributes):
+    """A caption naming `num_attributes` randomly chosen attributes of `ident`."""
+    phrases = _phrases(ident, rng)
+    chosen = list(rng.choice(list(ATTRIBUTES), size=num_attributes, replace=False))
+    subject = phrases["gender"] if "gender" in chosen else str(rng.choice(["person", "pedestrian"]))
+    rest = [phrases[a] for a in ATTRIBUTES if a in chosen and a != "gender"]
+    rng.shuffle(rest)
+    opening = str(rng.choice(["A", "The", "This is a"]))
+    if not rest:
+        return f"{opening} {subject} walking."
+    if len(rest) == 1:
+        body = rest[0]
+    else:
+        body = ", ".join(rest[:-1]) + " and " + rest[-1]
+    text = re.sub(r"\b([Aa]) ([aeiou])", r"\1n \2", f"{opening} {subject} {body}.")
+    return text[0].upper() + text[1:]
+
+
+def _shade(color, factor):
+    return tuple(int(np.clip(c * factor, 0, 255)) for c in color)
+
+
+def render_person(ident, rng, size):
+    """Draw one image of `ident` (H, W) = size with random pose, framing, background and light."""
+    H, W = size
+    # Draw at a fixed canvas of 128x64 units and resize, so the drawing code has one scale.
+    ch, cw = 128, 64
+    bg = np.array(COLORS[str(rng.choice(list(COLORS)))], dtype=np.float32) * rng.uniform(0.4, 0.9)
+    grad = np.linspace(rng.uniform(0.7, 1.0), rng.uniform(1.0, 1.3), ch)[:, None, None]
+    canvas = np.clip(bg[None, None, :] * grad + rng.normal(0, 12, (ch, cw, 3)), 0, 255)
+    img = Image.fromarray(canvas.astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(0, 4))):  # background clutter
+        x0, y0 = rng.integers(0, cw), rng.integers(0, ch)
+        draw.rectangle([x0, y0, x0 + rng.integers(4, 20), y0 + rng.integers(4, 30)],
+                       fill=COLORS[str(rng.choice(list(COLORS)))])
+
+    s = rng.uniform(0.8, 1.0)
+    cx = cw / 2 + rng.uniform(-6, 6)
+    top = rng.uniform(2, 10) + (1 - s) * 40
+
+    def Y(v):
+        return top + v * s
+
+    def X(v):
+        return cx + v * s
+
+    skin = SKIN_TONES[ident["skin"]]
+    hair = HAIR_COLORS[ident["hair_color"]]
+    upper = COLORS[ident["upper_color"]]
+    lower = COLORS[ident["lower_color"]]
+    shoes = COLORS[ident["shoes_color"]]
+    back_view = rng.random() < 0.3
+    leg = rng.uniform(0, 6)
+    arm = rng.uniform(-5, 5)
+
+    if ident["bag"] == "backpack" and back_view:
+        pass  # drawn over the torso below
+    elif ident["bag"] == "backpack":
+        draw.rectangle([X(-13), Y(28), X(13), Y(58)], fill=_shade(COLORS[ident["bag_color"]], 0.8))
+    if ident["hair_long"]:
+        draw.rectangle([X(-8), Y(10), X(8), Y(34)], fill=hair)
+    # legs and lower clothing
+    if ident["lower"] == "skirt":
+        draw.polygon([(X(-9), Y(62)), (X(9), Y(62)), (X(13), Y(86)), (X(-13), Y(86))], fill=lower)
+        draw.rectangle([X(-6 - leg), Y(86), X(-2 - leg), Y(112)], fill=skin)
+        draw.rectangle([X(2 + leg), Y(86), X(6 + leg), Y(112)], fill=skin)
+    else:
+        length = 82 if ident["lower"] == "shorts" else 112
+        draw.rectangle([X(-9), Y(62), X(9), Y(70)], fill=lower)
+        draw.polygon([(X(-9), Y(68)), (X(-1), Y(68)), (X(-2 - leg), Y(length)),
+                      (X(-8 - leg), Y(length))], fill=lower)
+        draw.polygon([(X(1), Y(68)), (X(9), Y(68)), (X(8 + leg), Y(length)),
+                      (X(2 + leg), Y(length))], fill=lower)
+        if length < 112:
+            draw.rectangle([X(-7 - leg), Y(length), X(-3 - leg), Y(112)], fill=skin)
+            draw.rectangle([X(3 + leg), Y(length), X(7 + leg), Y(112)], fill=skin)
+    draw.rectangle([X(-9 - leg), Y(111), X(-1 - leg), Y(117)], fill=shoes)
+    draw.rectangle([X(1 + leg), Y(111), X(9 + leg), Y(117)], fill=shoes)
+    # torso and arms
+    coat = ident["upper"] == "coat"
+    bottom = 78 if coat else 64
+    draw.polygon([(X(-11), Y(26)), (X(11), Y(26)), (X(10), Y(bottom)), (X(-10), Y(bottom))],
+                 fill=upper)
+    if ident["upper"] == "jacket":
+        draw.line([X(0), Y(27), X(0), Y(63)], fill=_shade(upper, 0.5), width=2)
+    if ident["upper"] == "shirt":
+        draw.polygon([(X(-4), Y(26)), (X(4), Y(26)), (X(0), Y(33))], fill=(240, 240, 240))
+    sleeve = 36 if ident["upper"] == "t-shirt" else 60
+    for side in (-1, 1):
+        x_out = 15 * side
+        draw.polygon([(X(11 * side), Y(27)), (X(x_out), Y(28)), (X(x_out + arm * side), Y(sleeve)),
+                      (X(11 * side + arm * side), Y(sleeve))], fill=_shade(upper, 0.9))
+        if sleeve < 60:
+            draw.rectangle([X(min(x_out, 11 * side) + arm * side), Y(sleeve),
+                            X(max(x_out, 11 * side) + arm * side), Y(60)], fill=skin)
+    if ident["bag"] == "backpack" and back_view:
+        draw.rectangle([X(-9), Y(30), X(9), Y(56)], fill=COLORS[ident["bag_color"]])
+    elif ident["bag"] == "backpack":
+        draw.line([X(-6), Y(27), X(-6), Y(48)], fill=COLORS[ident["bag_color"]], width=2)
+        draw.line([X(6), Y(27), X(6), Y(48)], fill=COLORS[ident["bag_color"]], width=2)
+    elif ident["bag"] == "handbag":
+        side = 1 if rng.random() < 0.5 else -1
+        draw.rectangle([X(14 * side + arm * side - 4), Y(58), X(14 * side + arm * side + 4), Y(70)],
+                       fill=COLORS[ident["bag_color"]])
+    elif ident["bag"] == "shoulder bag":
+        draw.line([X(-10), Y(27), X(10), Y(56)], fill=_shade(COLORS[ident["bag_color"]], 0.7),
+                  width=2)
+        draw.rectangle([X(7), Y(52), X(15), Y(64)], fill=COLORS[ident["bag_color"]])
+    # head, hair, hat
+    draw.rectangle([X(-3), Y(20), X(3), Y(27)], fill=skin)
+    draw.ellipse([X(-7), Y(4), X(7), Y(22)], fill=hair if back_view else skin)
+    draw.chord([X(-7), Y(3), X(7), Y(17)], 180, 360, fill=hair)
+    if ident["hat"] == "cap":
+        draw.chord([X(-8), Y(1), X(8), Y(15)], 180, 360, fill=COLORS[ident["hat_color"]])
+        draw.rectangle([X(-2), Y(7), X(11), Y(9)], fill=COLORS[ident["hat_color"]])
+    elif ident["hat"] == "beanie":
+        draw.chord([X(-8), Y(-1), X(8), Y(17)], 180, 360, fill=COLORS[ident["hat_color"]])
+
+    if rng.random() < 0.2:  # occluder: a passer-by's shoulder, a pole, a car
+        ox = rng.choice([0, cw - rng.integers(10, 22)])
+        oy = rng.integers(40, 100)
+        draw.rectangle([ox, oy, ox + rng.integers(10, 22), ch],
+                       fill=COLORS[str(rng.choice(list(COLORS)))])
+    arr = np.asarray(img, dtype=np.float32)
+    light = rng.uniform(0.65, 1.3) * rng.uniform(0.9, 1.1, size=3)
+    arr = np.clip(arr * light[None, None, :] + rng.normal(0, 4, arr.shape), 0, 255)
+    out = Image.fromarray(arr.astype(np.uint8))
+    if rng.random() < 0.3:
+        out = out.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.0))))
+    if (H, W) != (ch, cw):
+        out = out.resize((W, H), Image.BILINEAR)
+    return out
+
+
+def generate_synthetic_dataset(out_dir, spec):
+    """Write `imgs/` and `reid_raw.json` (CUHK-PEDES format) for `spec` into `out_dir`."""
+    rng = np.random.default_rng(spec["seed"])
+    counts = [("train", spec["num_train_ids"]), ("val", spec["num_val_ids"]),
+              ("test", spec["num_test_ids"])]
+    lo, hi = spec["attributes_per_caption"]
+    entries = []
+    pid = 0
+    for split, n_ids in counts:
+        os.makedirs(os.path.join(out_dir, "imgs", split), exist_ok=True)
+        for _ in range(n_ids):
+            pid += 1  # CUHK-PEDES ids are 1-based
+            ident = sample_identity(rng)
+            for k in range(spec["images_per_id"]):
+                rel = f"{split}/{pid:05d}_{k}.jpg"
+                render_person(ident, rng, spec["image_size"]).save(
+                    os.path.join(out_dir, "imgs", rel), quality=92)
+                captions = [describe_identity(ident, rng, int(rng.integers(lo, hi + 1)))
+                            for _ in range(spec["captions_per_image"])]
+                entries.append({"split": split, "captions": captions, "file_path": rel, "id": pid})
+    with open(os.path.join(out_dir, "reid_raw.json"), "w", encoding="utf-8") as f:
+        json.dump(entries, f, indent=0)
+    with open(os.path.join(out_dir, "spec.json"), "w") as f:
+        json.dump(dict(spec, generator_version=GENERATOR_VERSION), f, indent=1)
+    return out_dir
+
+
+def ensure_synthetic_dataset(parent_dir, spec, logger=None):
+    """The folder of the dataset for `spec` under `parent_dir`, generated there on first use.
+
+    Safe when several processes call it at once: each generates into its own temporary folder and
+    the first rename wins.
+    """
+    final = os.path.join(parent_dir, f"SyntheticPedes-{spec.digest()}")
+    if os.path.isfile(os.path.join(final, "reid_raw.json")):
+        return final
+    os.makedirs(parent_dir, exist_ok=True)
+    if logger:
+        logger.info(f"Generating the synthetic dataset into {final} (once; reused afterwards)")
+    tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent_dir)
+    try:
+        generate_synthetic_dataset(tmp, spec)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not os.path.isfile(os.path.join(final, "reid_raw.json")):
+                raise
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,27 @@
+"""Caption tokenizer: open_clip's tokenizer for the configured architecture."""
+import open_clip
+
+__all__ = ["CaptionTokenizer", "build_tokenizer"]
+
+
+class CaptionTokenizer:
+    """Turns one caption into a 1-D LongTensor of MODEL.CLIP.CONTEXT_LENGTH token ids.
+
+    Captions longer than the context are truncated keeping the end-of-text token last (open_clip's
+    behaviour), so the text encoder's EOT pooling still reads a real EOT position.
+    """
+
+    def __init__(self, arch, context_length):
+        self.context_length = int(context_length)
+        self._tokenizer = open_clip.get_tokenizer(arch, context_length=self.context_length)
+
+    def __call__(self, caption):
+        return self._tokenizer([caption], context_length=self.context_length)[0]
+
+    def batch(self, captions):
+        """Tokens of several captions at once, shape (len(captions), context_length)."""
+        return self._tokenizer(list(captions), context_length=self.context_length)
+
+
+def build_tokenizer(cfg):
+    return CaptionTokenizer(cfg.MODEL.CLIP.ARCH, cfg.MODEL.CLIP.CONTEXT_LENGTH)

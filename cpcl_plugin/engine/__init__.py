@@ -1,0 +1,1 @@
+from .trainer import AtomicCheckpointer, CPCLTrainer, parameter_digest

@@ -1,0 +1,202 @@
+"""CPCLTrainer: FastReID's DefaultTrainer with the parts that differ for text-image training.
+
+What differs, and why:
+- construction (`__init__`): the text-image loader is epoch-based (re-created each epoch, so a
+  per-epoch hook can change what the next epoch samples); DDP gets no ``device_ids`` on CPU;
+  checkpoints are written atomically; no ``num_classes`` auto-scaling (there are no classes).
+- `build_optimizer`: FastReID's parameter groups (``heads`` get SOLVER.HEADS_LR_FACTOR) without
+  ContiguousParams, whose buffers stop updating on torch >= 2.
+- `run_step`: draws from the epoch iterator; the rest is SimpleTrainer's step.
+- `build_evaluator`: the text-to-image evaluator; `build_hooks`: adds the optional evaluation
+  before training and a configurable log period.
+Everything else (resume, hooks, LR schedule, evaluation loop, writers) is FastReID's.
+"""
+import hashlib
+import logging
+import math
+import os
+import time
+
+import torch
+from fastreid.engine import DefaultTrainer, hooks
+from fastreid.engine.train_loop import SimpleTrainer, TrainerBase
+from fastreid.solver import build_optimizer
+from fastreid.utils import comm
+from fastreid.utils.checkpoint import Checkpointer
+from fastreid.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import ConfigError
+from ..data.build import build_text_image_test_loader, build_text_image_train_loader
+from ..evaluation.t2i_evaluation import TextImageEvaluator
+
+__all__ = ["CPCLTrainer", "AtomicCheckpointer", "parameter_digest"]
+
+logger = logging.getLogger(__name__)
+
+
+class AtomicCheckpointer(Checkpointer):
+    """FastReID's Checkpointer whose files appear complete or not at all: each checkpoint is
+    written to a temporary file and renamed into place, so a crash mid-save never leaves a
+    truncated ``model_*.pth`` or a ``last_checkpoint`` pointing at one."""
+
+    def save(self, name, **kwargs):
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        tmp = path + ".tmp"
+        self.logger.info(f"Saving checkpoint to {path}")
+        with open(tmp, "wb") as f:
+            torch.save(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        with open(path + ".tmp", "w") as f:
+            f.write(last_filename_basename)
+        os.replace(path + ".tmp", path)
+
+
+def parameter_digest(model):
+    """A short hash of every parameter and buffer, to compare models across ranks or runs."""
+    h = hashlib.sha1()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_schedule(cfg, iters_per_epoch):
+    """FastReID's cosine schedule spans the epochs after warm-up; there must be at least one."""
+    warmup_epochs = math.ceil(cfg.SOLVER.WARMUP_ITERS / iters_per_epoch)
+    if cfg.SOLVER.SCHED == "CosineAnnealingLR" and \
+            cfg.SOLVER.MAX_EPOCH - max(warmup_epochs, cfg.SOLVER.DELAY_EPOCHS) <= 0:
+        raise ConfigError(
+            f"SOLVER.WARMUP_ITERS {cfg.SOLVER.WARMUP_ITERS} ({warmup_epochs} epochs of "
+            f"{iters_per_epoch} iterations) leaves no epoch for the cosine schedule within "
+            f"SOLVER.MAX_EPOCH {cfg.SOLVER.MAX_EPOCH}; lower WARMUP_ITERS or raise MAX_EPOCH.")
+
+
+class CPCLTrainer(DefaultTrainer):
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        fr_logger = logging.getLogger("fastreid")
+        if not fr_logger.isEnabledFor(logging.INFO):
+            from fastreid.utils.logger import setup_logger
+            setup_logger()
+        if cfg.SOLVER.AMP.ENABLED:
+            raise ConfigError("SOLVER.AMP.ENABLED is not supported yet by CPCLTrainer; set it to "
+                              "False.")
+        self.cfg = cfg
+        if comm.is_main_process() and cfg.OUTPUT_DIR:
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        data_loader = self.build_train_loader(cfg)
+        model = self.build_model(cfg)
+        optimizer, _ = self.build_optimizer(cfg, model)
+        if comm.get_world_size() > 1:
+            on_cuda = next(model.parameters()).device.type == "cuda"
+            model = DistributedDataParallel(
+                model, device_ids=[comm.get_local_rank()] if on_cuda else None,
+                broadcast_buffers=False)
+        model.train()
+        self._model, self._data_loader, self._optimizer = model, data_loader, optimizer
+        self._epoch_iter = None
+
+        self.iters_per_epoch = len(data_loader.batch_sampler)
+        check_schedule(cfg, self.iters_per_epoch)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer, self.iters_per_epoch)
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR,
+                                               save_to_disk=comm.is_main_process(),
+                                               optimizer=optimizer, **self.scheduler)
+        self.start_epoch = 0
+        self.max_epoch = cfg.SOLVER.MAX_EPOCH
+        self.max_iter = self.max_epoch * self.iters_per_epoch
+        self.warmup_iters = cfg.SOLVER.WARMUP_ITERS
+        self.delay_epochs = cfg.SOLVER.DELAY_EPOCHS
+        self.initial_eval_results = None
+        self.register_hooks(self.build_hooks())
+
+    # DefaultTrainer reads these from a SimpleTrainer it owns; this trainer steps by itself.
+    model = property(lambda self: self._model)
+    data_loader = property(lambda self: self._data_loader)
+    optimizer = property(lambda self: self._optimizer)
+    grad_scaler = property(lambda self: None)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_text_image_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_text_image_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_dir=None):
+        data_loader, num_query = cls.build_test_loader(cfg, dataset_name)
+        return data_loader, TextImageEvaluator(num_query)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model, contiguous=False)
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        for i, hook in enumerate(ret):
+            if isinstance(hook, hooks.PeriodicWriter):
+                ret[i] = hooks.PeriodicWriter(self.build_writers(), self.cfg.SOLVER.LOG_PERIOD)
+        if self.cfg.TEST.EVAL_BEFORE_TRAIN:
+            ret.insert(0, EvalBeforeTrain())
+        return ret
+
+    def build_writers(self):
+        return [CommonMetricPrinter(self.max_iter),
+                JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+                TensorboardXWriter(self.cfg.OUTPUT_DIR)]
+
+    def _next_batch(self):
+        if self._epoch_iter is None:
+            self.data_loader.batch_sampler.sampler.set_epoch(self.epoch)
+            self._epoch_iter = iter(self.data_loader)
+        return next(self._epoch_iter)
+
+    def after_epoch(self):
+        self._epoch_iter = None
+        super().after_epoch()
+
+    def run_step(self):
+        assert self.model.training, "[CPCLTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = self._next_batch()
+        data_time = time.perf_counter() - start
+        loss_dict = self.model(data)
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        losses.backward()
+        SimpleTrainer._write_metrics(self, loss_dict, data_time)
+        self.optimizer.step()
+
+    def train(self):
+        results = super().train()
+        logger.info(f"Final parameter digest (rank {comm.get_rank()}): "
+                    f"{parameter_digest(self.model)}")
+        return results
+
+
+class EvalBeforeTrain(hooks.HookBase):
+    """Evaluates the untrained model once (TEST.EVAL_BEFORE_TRAIN), for a before/after table."""
+
+    def before_train(self):
+        if self.trainer.start_epoch > 0:
+            return  # resumed: the model is not the untrained one
+        logger.info("Evaluating the model before training")
+        self.trainer.initial_eval_results = self.trainer.test(self.trainer.cfg, self.trainer.model)
+        comm.synchronize()

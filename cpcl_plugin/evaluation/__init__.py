@@ -1,0 +1,1 @@
+from .t2i_evaluation import TextImageEvaluator, t2i_metrics

@@ -1,0 +1,113 @@
+"""Text-to-image retrieval metrics, and a FastReID DatasetEvaluator that reports them.
+
+Protocol (the field's standard, design.md section 3): every caption of the split is a query, every
+image is in the gallery, similarity is cosine, every gallery image of the query's identity is a
+positive, nothing is filtered. Ties are broken by gallery order (a stable sort), so the numbers are
+deterministic. They equal FastReID's ``evaluate_rank`` given distance = -similarity with queries
+at camid 0 and gallery at camid 1 (the tests check this).
+"""
+import copy
+import itertools
+import logging
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from fastreid.evaluation.evaluator import DatasetEvaluator
+from fastreid.utils import comm
+
+__all__ = ["t2i_metrics", "TextImageEvaluator"]
+
+logger = logging.getLogger(__name__)
+
+
+def _rank_statistics(similarity, query_pids, gallery_pids, max_rank):
+    """Per query: CMC hits at ranks 1..max_rank, average precision, inverse negative penalty."""
+    order = np.argsort(-similarity, axis=1, kind="stable")
+    matches = gallery_pids[order] == query_pids[:, None]
+    num_pos = matches.sum(axis=1)
+    valid = num_pos > 0
+    matches, num_pos = matches[valid], num_pos[valid]
+    hits = np.cumsum(matches, axis=1)
+    cmc = hits[:, :max_rank] > 0
+    ranks = np.arange(1, matches.shape[1] + 1)
+    ap = (hits / ranks * matches).sum(axis=1) / num_pos
+    last_pos = matches.shape[1] - np.argmax(matches[:, ::-1], axis=1)  # 1-based rank
+    inp = num_pos / last_pos
+    return cmc, ap, inp, int((~valid).sum())
+
+
+def t2i_metrics(similarity, query_pids, gallery_pids, ks=(1, 5, 10), chunk=1024):
+    """R@k for k in `ks`, mAP and mINP, in percent, of a (num_query, num_gallery) similarity.
+
+    Queries whose identity has no gallery image are left out (and logged), as FastReID does.
+    Computed in chunks of queries, so memory stays O(chunk x num_gallery).
+    """
+    similarity = np.asarray(similarity)
+    query_pids, gallery_pids = np.asarray(query_pids), np.asarray(gallery_pids)
+    if similarity.shape != (len(query_pids), len(gallery_pids)):
+        raise ValueError(f"similarity has shape {similarity.shape}, but there are "
+                         f"{len(query_pids)} query and {len(gallery_pids)} gallery ids.")
+    max_rank = min(max(ks), similarity.shape[1])
+    cmc_sum = np.zeros(max_rank)
+    ap_sum = inp_sum = 0.0
+    num_valid = num_skipped = 0
+    for lo in range(0, len(query_pids), chunk):
+        cmc, ap, inp, skipped = _rank_statistics(similarity[lo:lo + chunk],
+                                                 query_pids[lo:lo + chunk], gallery_pids, max_rank)
+        cmc_sum += cmc.sum(axis=0)
+        ap_sum += ap.sum()
+        inp_sum += inp.sum()
+        num_valid += len(ap)
+        num_skipped += skipped
+    if num_valid == 0:
+        raise ValueError("No query has a positive in the gallery: query and gallery identities "
+                         "are disjoint.")
+    if num_skipped:
+        logger.warning(f"{num_skipped} queries have no positive in the gallery and are left out.")
+    out = OrderedDict()
+    for k in ks:
+        out[f"R{k}"] = 100.0 * cmc_sum[min(k, max_rank) - 1] / num_valid
+    out["mAP"] = 100.0 * ap_sum / num_valid
+    out["mINP"] = 100.0 * inp_sum / num_valid
+    return out
+
+
+class TextImageEvaluator(DatasetEvaluator):
+    """Collects caption and image features from `inference_on_dataset` (all ranks), then reports
+    Rank-1/5/10, mAP, mINP and FastReID's ``metric`` ((mAP + Rank-1) / 2, used by its
+    PeriodicCheckpointer to keep the best model)."""
+
+    def __init__(self, num_query):
+        self._num_query = num_query
+        self._predictions = []
+
+    def reset(self):
+        self._predictions = []
+
+    def process(self, inputs, outputs):
+        self._predictions.append({"indices": torch.as_tensor(inputs["indices"]).cpu(),
+                                  "feats": outputs.float().cpu(),
+                                  "pids": torch.as_tensor(inputs["targets"]).cpu()})
+
+    def evaluate(self):
+        predictions = self._predictions
+        if comm.get_world_size() > 1:
+            comm.synchronize()
+            predictions = list(itertools.chain(*comm.gather(predictions, dst=0)))
+            if not comm.is_main_process():
+                return {}
+        indices = torch.cat([p["indices"] for p in predictions]).numpy()
+        order = np.argsort(indices, kind="stable")
+        feats = torch.cat([p["feats"] for p in predictions])[order]
+        pids = torch.cat([p["pids"] for p in predictions]).numpy()[order]
+        nq = self._num_query
+        similarity = (feats[:nq] @ feats[nq:].t()).numpy()
+        m = t2i_metrics(similarity, pids[:nq], pids[nq:])
+        results = OrderedDict()
+        for k in (1, 5, 10):
+            results[f"Rank-{k}"] = m[f"R{k}"]
+        results["mAP"] = m["mAP"]
+        results["mINP"] = m["mINP"]
+        results["metric"] = (m["mAP"] + m["R1"]) / 2
+        return copy.deepcopy(results)

@@ -1,0 +1,150 @@
+"""Image and text encoders, chosen by config.
+
+- ``build_openclip_backbone`` (FastReID BACKBONE_REGISTRY): the image tower of any open_clip
+  architecture; returns the projected image embedding.
+- ``build_openclip_text_encoder`` (the plugin's TEXT_ENCODER_REGISTRY): the text tower of the same
+  architecture; returns the projected end-of-text token.
+- Any other FastReID backbone (``build_resnet_backbone``, ``build_osnet_backbone``, ...) returns a
+  feature map; `ImageEmbeddingHead` pools and projects it to the text embedding size.
+
+The plugin registers a small architecture, ``CPCL-Tiny``, used by the tests and the demo.
+"""
+import logging
+import os
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from fastreid.layers import pooling
+from fastreid.modeling.backbones import BACKBONE_REGISTRY
+from fastreid.utils.registry import Registry
+from torch import nn
+
+from ..config import ConfigError
+
+__all__ = ["TEXT_ENCODER_REGISTRY", "build_text_encoder", "create_clip_model",
+           "OpenCLIPImageBackbone", "OpenCLIPTextEncoder", "ImageEmbeddingHead"]
+
+logger = logging.getLogger(__name__)
+
+open_clip.add_model_config(os.path.join(os.path.dirname(__file__), "model_configs"))
+
+TEXT_ENCODER_REGISTRY = Registry("TEXT_ENCODER")
+TEXT_ENCODER_REGISTRY.__doc__ = """Text encoders: a builder takes the config and returns a module
+mapping token ids (B, L) to embeddings (B, d), with an ``output_dim`` attribute."""
+
+
+def clip_image_size(cfg):
+    return tuple(int(v) for v in (cfg.MODEL.CLIP.IMAGE_SIZE or cfg.INPUT.SIZE_TRAIN))
+
+
+def create_clip_model(cfg):
+    """The open_clip model of MODEL.CLIP at the configured image size and context length, with
+    weights from MODEL.CLIP.PRETRAINED (tag or file; position embeddings interpolated)."""
+    arch, pretrained = cfg.MODEL.CLIP.ARCH, cfg.MODEL.CLIP.PRETRAINED or None
+    if arch not in open_clip.list_models():
+        raise ConfigError(f"MODEL.CLIP.ARCH {arch!r} is not an open_clip architecture; choose one "
+                          f"of open_clip.list_models(), e.g. ViT-B-16, RN50, CPCL-Tiny.")
+    try:
+        model = open_clip.create_model(
+            arch, pretrained=pretrained, force_image_size=clip_image_size(cfg),
+            force_context_length=cfg.MODEL.CLIP.CONTEXT_LENGTH, device="cpu",
+            require_pretrained=bool(pretrained))
+    except RuntimeError as err:
+        if pretrained and os.path.isfile(pretrained):
+            raise ConfigError(f"MODEL.CLIP.PRETRAINED {pretrained} does not fit MODEL.CLIP.ARCH "
+                              f"{arch}: {str(err).splitlines()[0]}") from None
+        if pretrained:
+            raise ConfigError(
+                f"MODEL.CLIP.PRETRAINED {pretrained!r} could not be loaded for {arch} "
+                f"({str(err).splitlines()[0]}). Without internet access, download the weights "
+                f"elsewhere and set MODEL.CLIP.PRETRAINED to the local file.") from None
+        raise
+    if pretrained:
+        logger.info(f"Loaded open_clip {arch} weights from {pretrained}")
+    return model
+
+
+class OpenCLIPImageBackbone(nn.Module):
+    """The image tower of an open_clip model: images (B, 3, H, W) -> embeddings (B, d)."""
+
+    def __init__(self, clip_model):
+        super().__init__()
+        self.visual = clip_model.visual
+        self.output_dim = int(self.visual.output_dim)
+
+    def forward(self, images):
+        return self.visual(images)
+
+
+class OpenCLIPTextEncoder(nn.Module):
+    """The text tower of an open_clip model: token ids (B, L) -> embeddings (B, d)."""
+
+    def __init__(self, clip_model):
+        super().__init__()
+        del clip_model.visual  # the image tower lives in the backbone
+        # CLIP's own temperature is replaced by the meta-architecture's; keep it out of training.
+        clip_model.logit_scale.requires_grad_(False)
+        if getattr(clip_model, "logit_bias", None) is not None:
+            clip_model.logit_bias.requires_grad_(False)
+        self.clip = clip_model
+        self.output_dim = int(clip_model.text_projection.shape[1]
+                              if isinstance(clip_model.text_projection, nn.Parameter)
+                              else clip_model.text_projection.out_features)
+
+    def forward(self, tokens):
+        return self.clip.encode_text(tokens)
+
+
+@BACKBONE_REGISTRY.register()
+def build_openclip_backbone(cfg):
+    return OpenCLIPImageBackbone(create_clip_model(cfg))
+
+
+@TEXT_ENCODER_REGISTRY.register()
+def build_openclip_text_encoder(cfg):
+    return OpenCLIPTextEncoder(create_clip_model(cfg))
+
+
+def build_text_encoder(cfg):
+    name = cfg.MODEL.TEXT_ENCODER.NAME
+    try:
+        builder = TEXT_ENCODER_REGISTRY.get(name)
+    except KeyError:
+        raise ConfigError(f"MODEL.TEXT_ENCODER.NAME {name!r} is not registered; known: "
+                          f"{', '.join(sorted(TEXT_ENCODER_REGISTRY._obj_map))}.") from None
+    return builder(cfg)
+
+
+class ImageEmbeddingHead(nn.Module):
+    """Pools a FastReID backbone's feature map (B, C, h, w) and projects it to (B, d)."""
+
+    def __init__(self, in_channels, embed_dim, pool_layer="GlobalAvgPool"):
+        super().__init__()
+        if not hasattr(pooling, pool_layer):
+            raise ConfigError(f"MODEL.IMAGE_HEAD.POOL_LAYER {pool_layer!r} is not a layer of "
+                              f"fastreid.layers.pooling (e.g. GlobalAvgPool, GeneralizedMeanPoolingP).")
+        self.pool = getattr(pooling, pool_layer)()
+        self.projection = nn.Linear(in_channels, embed_dim)
+        nn.init.normal_(self.projection.weight, std=in_channels ** -0.5)
+        nn.init.zeros_(self.projection.bias)
+
+    def forward(self, feature_map):
+        return self.projection(self.pool(feature_map).flatten(1))
+
+
+def feature_map_channels(backbone, image_size):
+    """Channels of a backbone's output, found with one small forward pass."""
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        out = backbone(torch.zeros(1, 3, *image_size))
+    backbone.train(was_training)
+    if out.dim() != 4:
+        raise ConfigError(f"MODEL.BACKBONE.NAME {type(backbone).__name__} returns a {out.dim()}-D "
+                          f"tensor; a FastReID backbone must return a (B, C, H, W) feature map.")
+    return int(out.shape[1])
+
+
+def normalize(x):
+    return F.normalize(x.float(), dim=-1)

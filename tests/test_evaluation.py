@@ -1,0 +1,130 @@
+"""The text-to-image metrics against FastReID's evaluate_rank and a plain per-query reference."""
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from fastreid.evaluation.rank import evaluate_rank
+
+from cpcl_plugin.evaluation import TextImageEvaluator, t2i_metrics
+
+
+FASTREID_TOL = 1e-4  # percent; evaluate_rank accumulates its CMC in float32
+
+
+def reference_metrics(similarity, qp, gp):
+    """The textbook definitions, one query at a time, ties broken by gallery order."""
+    r1 = r5 = r10 = ap_sum = inp_sum = 0.0
+    n = 0
+    for i in range(len(qp)):
+        order = sorted(range(len(gp)), key=lambda j: (-similarity[i, j], j))
+        rel = [gp[j] == qp[i] for j in order]
+        if not any(rel):
+            continue
+        n += 1
+        first = rel.index(True)
+        r1, r5, r10 = r1 + (first < 1), r5 + (first < 5), r10 + (first < 10)
+        hits, precisions = 0, []
+        for rank, is_pos in enumerate(rel, start=1):
+            if is_pos:
+                hits += 1
+                precisions.append(hits / rank)
+        ap_sum += np.mean(precisions)
+        last = max(k for k, v in enumerate(rel) if v) + 1
+        inp_sum += sum(rel) / last
+    return OrderedDict(R1=100 * r1 / n, R5=100 * r5 / n, R10=100 * r10 / n,
+                       mAP=100 * ap_sum / n, mINP=100 * inp_sum / n)
+
+
+def fastreid_metrics(distance, qp, gp):
+    cmc, ap, inp = evaluate_rank(distance, qp, gp, np.zeros(len(qp), int), np.ones(len(gp), int),
+                                 max_rank=10, use_cython=False)
+    return OrderedDict(R1=100 * cmc[0], R5=100 * cmc[4], R10=100 * cmc[9],
+                       mAP=100 * np.mean(ap), mINP=100 * np.mean(inp))
+
+
+def random_case(seed, nq=40, ng=30, nids=8, levels=None):
+    rng = np.random.default_rng(seed)
+    gp = rng.integers(0, nids, ng)
+    qp = rng.choice(gp, nq)  # every query has at least one positive
+    sim = rng.random((nq, ng)) if levels is None else rng.integers(0, levels, (nq, ng)) / levels
+    return sim, qp, gp
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_equals_fastreid_and_reference_without_ties(seed):
+    sim, qp, gp = random_case(seed)
+    ours = t2i_metrics(sim, qp, gp)
+    fr, ref = fastreid_metrics(-sim, qp, gp), reference_metrics(sim, qp, gp)
+    for k in ours:
+        assert ours[k] == pytest.approx(ref[k], abs=1e-9), k
+        assert ours[k] == pytest.approx(fr[k], abs=FASTREID_TOL), k  # its CMC is float32
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ties_are_broken_by_gallery_order(seed):
+    # Only 4 similarity levels: many positive/negative ties.
+    sim, qp, gp = random_case(seed, levels=4)
+    ours = t2i_metrics(sim, qp, gp)
+    ref = reference_metrics(sim, qp, gp)
+    # FastReID's argsort is not stable; give it the same tie order explicitly (levels are >= 0.25
+    # apart, so the tiny index term only orders equal values).
+    tie_broken = -sim + np.arange(sim.shape[1])[None, :] * 1e-6
+    fr = fastreid_metrics(tie_broken, qp, gp)
+    for k in ours:
+        assert ours[k] == pytest.approx(ref[k], abs=1e-9), k
+        assert ours[k] == pytest.approx(fr[k], abs=FASTREID_TOL), k
+
+
+def test_queries_with_a_single_positive():
+    rng = np.random.default_rng(7)
+    gp = np.arange(25)  # one image per identity
+    qp = rng.integers(0, 25, 60)
+    sim = rng.random((60, 25))
+    ours = t2i_metrics(sim, qp, gp)
+    ref = reference_metrics(sim, qp, gp)
+    for k in ours:
+        assert ours[k] == pytest.approx(ref[k], abs=1e-9)
+    # With one positive, AP = INP = 1 / rank of that positive.
+    assert ours["mAP"] == pytest.approx(ours["mINP"])
+
+
+def test_hand_made_case():
+    sim = np.array([[0.9, 0.8, 0.1],   # positives at ranks 1 and 3
+                    [0.2, 0.5, 0.9]])  # positive at rank 2
+    qp, gp = np.array([1, 2]), np.array([1, 2, 1])
+    m = t2i_metrics(sim, qp, gp)
+    assert m["R1"] == 50.0 and m["R5"] == 100.0
+    ap_q0 = (1 / 1 + 2 / 3) / 2
+    assert m["mAP"] == pytest.approx(100 * (ap_q0 + 1 / 2) / 2)
+    assert m["mINP"] == pytest.approx(100 * (2 / 3 + 1 / 2) / 2)
+
+
+def test_query_without_positive_is_left_out():
+    sim = np.array([[0.9, 0.1], [0.5, 0.6]])
+    m = t2i_metrics(sim, np.array([0, 5]), np.array([0, 1]))
+    assert m["R1"] == 100.0 and m["mAP"] == 100.0
+
+
+def test_chunking_does_not_change_results():
+    sim, qp, gp = random_case(3, nq=50)
+    assert t2i_metrics(sim, qp, gp, chunk=7) == t2i_metrics(sim, qp, gp)
+
+
+def test_evaluator_reorders_features_by_dataset_index():
+    rng = np.random.default_rng(0)
+    q = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    g = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    qp, gp = torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([0, 1, 2, 3])
+    feats, pids = torch.cat([q, g]), torch.cat([qp, gp])
+    ev = TextImageEvaluator(num_query=6)
+    ev.reset()
+    perm = rng.permutation(10)  # batches arriving out of order (e.g. gathered from ranks)
+    for chunk in np.array_split(perm, 3):
+        idx = torch.as_tensor(chunk)
+        ev.process({"indices": idx, "targets": pids[idx]}, feats[idx])
+    res = ev.evaluate()
+    expected = t2i_metrics((q @ g.t()).numpy(), qp.numpy(), gp.numpy())
+    assert res["Rank-1"] == pytest.approx(expected["R1"])
+    assert res["mAP"] == pytest.approx(expected["mAP"])
+    assert res["metric"] == pytest.approx((expected["mAP"] + expected["R1"]) / 2)

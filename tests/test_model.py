@@ -1,0 +1,109 @@
+"""Encoders, weight loading, the meta-architecture and one training step."""
+import numpy as np
+import open_clip
+import pytest
+import torch
+
+from cpcl_plugin import CPCLTrainer, ConfigError
+from cpcl_plugin.modeling import create_clip_model, itc_loss
+
+
+def test_weights_saved_at_224_load_into_384x128(tiny_cfg, tmp_path):
+    src = open_clip.create_model("CPCL-Tiny", force_image_size=(224, 224))
+    with torch.no_grad():  # a smooth, known position-embedding grid
+        grid = torch.linspace(-1, 1, 14)
+        pos = src.visual.positional_embedding
+        pos[1:] = (grid[:, None, None] + 2 * grid[None, :, None]).expand(14, 14, pos.shape[1]).reshape(-1, pos.shape[1])
+    path = tmp_path / "clip224.pt"
+    torch.save(src.state_dict(), path)
+
+    cfg = tiny_cfg("MODEL.CLIP.PRETRAINED", str(path), "INPUT.SIZE_TRAIN", "[384, 128]",
+                   "INPUT.SIZE_TEST", "[384, 128]", "MODEL.CLIP.CONTEXT_LENGTH", "77")
+    model = create_clip_model(cfg)
+    assert tuple(model.visual.grid_size) == (24, 8)
+    new_pos = model.visual.positional_embedding.detach()
+    assert new_pos.shape[0] == 1 + 24 * 8
+    assert torch.equal(new_pos[0], src.visual.positional_embedding[0])  # class token kept
+    # The interpolated grid still increases top-to-bottom and left-to-right, spanning the same range.
+    g = new_pos[1:, 0].reshape(24, 8)
+    assert (g[1:, :] - g[:-1, :] > 0).all() and (g[:, 1:] - g[:, :-1] > 0).all()
+    assert g.min() > -3.2 and g.max() < 3.2
+    for name, p in src.state_dict().items():  # everything else is loaded unchanged
+        if name != "visual.positional_embedding":
+            assert torch.equal(model.state_dict()[name], p), name
+    out = model.encode_image(torch.zeros(2, 3, 384, 128))
+    assert out.shape == (2, 128)
+
+
+def test_unloadable_pretrained_weights_say_what_to_do(tiny_cfg, tmp_path):
+    bad = tmp_path / "other.pt"
+    torch.save({"foo": torch.zeros(3)}, bad)
+    with pytest.raises(ConfigError, match="does not fit MODEL.CLIP.ARCH CPCL-Tiny"):
+        create_clip_model(tiny_cfg("MODEL.CLIP.PRETRAINED", str(bad)))
+    with pytest.raises(ConfigError, match="not an open_clip architecture"):
+        create_clip_model(tiny_cfg("MODEL.CLIP.ARCH", "ViT-Q-99"))
+
+
+def test_eval_mode_returns_normalised_features(tiny_cfg):
+    model = CPCLTrainer.build_model(tiny_cfg()).eval()
+    with torch.no_grad():
+        img = model({"images": torch.rand(3, 3, 64, 32) * 255})
+        txt = model({"tokens": torch.randint(1, 400, (5, 48))})
+    assert img.shape == (3, 128) and txt.shape == (5, 128)
+    assert torch.allclose(img.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(txt.norm(dim=1), torch.ones(5), atol=1e-5)
+
+
+def test_itc_loss_hand_computed():
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    txt = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    logits = 10 * img @ txt.t()
+    expected = (torch.nn.functional.cross_entropy(logits, torch.arange(2))
+                + torch.nn.functional.cross_entropy(logits.t(), torch.arange(2))) / 2
+    assert itc_loss(img, txt, 10.0) == pytest.approx(expected.item())
+    # Two pairs of one image: each caption is a positive of both rows, so the target is uniform
+    # over the two and the loss is its entropy, log 2 (without ids it would be higher).
+    same_img, same_txt = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    same = itc_loss(same_img, same_txt, 10.0, torch.tensor([3, 3]))
+    assert same.item() == pytest.approx(np.log(2), abs=1e-6)
+
+
+def _one_step(cfg):
+    trainer = CPCLTrainer(cfg)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    from fastreid.utils.events import EventStorage
+    trainer.epoch, trainer.iter = 0, 0
+    with EventStorage(0) as trainer.storage:
+        trainer.run_step()
+    after = dict(trainer.model.named_parameters())
+    changed = [n for n in before if not torch.equal(before[n], after[n].detach())]
+    return trainer, before, changed
+
+
+def test_parameters_change_after_one_step(tiny_cfg):
+    # FastReID's default ContiguousParams optimiser leaves weights untouched on torch >= 2.
+    trainer, before, changed = _one_step(tiny_cfg())
+    assert len(changed) == len(before), set(before) - set(changed)
+
+
+def test_fastreid_resnet_backbone_trains_one_step(tiny_cfg):
+    trainer, before, changed = _one_step(tiny_cfg(
+        "MODEL.BACKBONE.NAME", "build_resnet_backbone", "MODEL.BACKBONE.DEPTH", "18x",
+        "MODEL.BACKBONE.PRETRAIN", "False", "MODEL.BACKBONE.LAST_STRIDE", "2"))
+    model = trainer.model
+    assert type(model.backbone).__name__ == "ResNet"
+    assert "heads.image.projection.weight" in changed
+    assert any(n.startswith("backbone.") for n in changed)
+    # The new projection learns HEADS_LR_FACTOR times faster than the backbone.
+    lrs = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    base = trainer.cfg.SOLVER.BASE_LR
+    assert lrs[id(model.heads["image"].projection.weight)] == pytest.approx(
+        base * trainer.cfg.SOLVER.HEADS_LR_FACTOR)
+    assert lrs[id(model.backbone.conv1.weight)] == pytest.approx(base)
+
+
+def test_training_batches_carry_no_identity_labels(tiny_cfg):
+    trainer = CPCLTrainer(tiny_cfg())
+    trainer.epoch = 0
+    batch = trainer._next_batch()
+    assert set(batch) == {"indices", "image_ids", "images", "tokens"}

@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Train or evaluate CPCL with FastReID's trainer, evaluator and launcher.
+
+    python tools/train_net.py --config-file configs/CPCL/cuhk.yml
+    python tools/train_net.py --config-file configs/CPCL/cuhk.yml --num-gpus 4
+    python tools/train_net.py --config-file configs/CPCL/cuhk.yml --eval-only MODEL.WEIGHTS model.pth
+    python tools/train_net.py --config-file configs/CPCL/cuhk.yml --resume
+"""
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cpcl_plugin import CPCLTrainer, ConfigError, DatasetError, load_config  # noqa: E402
+from cpcl_plugin.data import build_dataset  # noqa: E402
+from fastreid.engine import default_argument_parser, default_setup, launch  # noqa: E402
+from fastreid.utils import comm  # noqa: E402
+from fastreid.utils.checkpoint import Checkpointer  # noqa: E402
+from fastreid.utils.env import seed_all_rng  # noqa: E402
+from fastreid.utils.logger import setup_logger  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+logger = logging.getLogger("cpcl_plugin.train_net")
+
+
+def setup(args):
+    cfg = load_config(args.config_file, args.opts)
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cpcl_plugin",
+                 abbrev_name="cpcl")
+    if cfg.SEED >= 0:
+        seed_all_rng(cfg.SEED + comm.get_rank())
+    return cfg
+
+
+def results_table(rows):
+    """A Markdown table of evaluation results, one row per (label, results dict)."""
+    keys = ["Rank-1", "Rank-5", "Rank-10", "mAP", "mINP"]
+    return tabulate([[label] + [res[k] for k in keys] for label, res in rows],
+                    headers=["model", "R1", "R5", "R10", "mAP", "mINP"], tablefmt="pipe",
+                    floatfmt=".2f")
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = CPCLTrainer.build_model(cfg)
+        Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+        results = CPCLTrainer.test(cfg, model)
+        if comm.is_main_process():
+            logger.info("Text-to-image results of %s:\n%s", cfg.MODEL.WEIGHTS,
+                        results_table([("evaluated", results)]))
+        return results
+
+    trainer = CPCLTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    results = trainer.train()
+    if comm.is_main_process():
+        rows = [("before training", trainer.initial_eval_results)] \
+            if trainer.initial_eval_results else []
+        logger.info("Text-to-image results on %s:\n%s", ", ".join(cfg.DATASETS.TESTS),
+                    results_table(rows + [("after training", results)]))
+    return results
+
+
+def preflight(args):
+    """Check config, weights and datasets in the launching process, so that mistakes end with
+    one sentence before any worker starts (and the synthetic data are generated only once)."""
+    cfg = load_config(args.config_file, args.opts)
+    if args.eval_only and not cfg.MODEL.WEIGHTS:
+        raise ConfigError("--eval-only needs a checkpoint: add MODEL.WEIGHTS path/to/model.pth.")
+    if cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
+        raise ConfigError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} does not exist.")
+    for name in dict.fromkeys(tuple(cfg.DATASETS.NAMES) + tuple(cfg.DATASETS.TESTS)):
+        build_dataset(cfg, name)
+    return cfg
+
+
+def cli(argv=None):
+    args = default_argument_parser().parse_args(argv)
+    try:
+        cfg = preflight(args)
+    except (ConfigError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    # Read by the launcher's worker (cpcl_plugin.compat) to pick gloo for CPU runs.
+    os.environ["CPCL_DEVICE"] = cfg.MODEL.DEVICE
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

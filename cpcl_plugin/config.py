@@ -65,13 +65,13 @@ def add_cpcl_config(cfg):
     # into DATASETS.ROOT/SyntheticPedes-<hash of these settings>.
     _C.DATASETS.SYNTHETIC = CN()
     # Identities per split (disjoint between splits).
-    _C.DATASETS.SYNTHETIC.NUM_TRAIN_IDS = 200
+    _C.DATASETS.SYNTHETIC.NUM_TRAIN_IDS = 1000
     _C.DATASETS.SYNTHETIC.NUM_VAL_IDS = 0
     _C.DATASETS.SYNTHETIC.NUM_TEST_IDS = 100
     # Images per identity (pose, scale, position, background, light, occlusion vary).
-    _C.DATASETS.SYNTHETIC.IMAGES_PER_ID = 4
+    _C.DATASETS.SYNTHETIC.IMAGES_PER_ID = 2
     # Captions per image, each describing a random subset of the identity's attributes.
-    _C.DATASETS.SYNTHETIC.CAPTIONS_PER_IMAGE = 2
+    _C.DATASETS.SYNTHETIC.CAPTIONS_PER_IMAGE = 1
     # Range (min, max) of attributes one caption mentions: fewer means harder.
     _C.DATASETS.SYNTHETIC.ATTRIBUTES_PER_CAPTION = [3, 5]
     # Rendered image size (H, W).

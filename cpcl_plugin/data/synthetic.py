@@ -47,8 +47,8 @@ ATTRIBUTES = ("gender", "hair", "hat", "upper", "lower", "shoes", "bag")
 class SyntheticSpec(dict):
     """Settings of one synthetic dataset; a plain dict so it hashes and serialises simply."""
 
-    def __init__(self, num_train_ids=200, num_val_ids=0, num_test_ids=100, images_per_id=4,
-                 captions_per_image=2, attributes_per_caption=(3, 5), image_size=(128, 64),
+    def __init__(self, num_train_ids=1000, num_val_ids=0, num_test_ids=100, images_per_id=2,
+                 captions_per_image=1, attributes_per_caption=(3, 5), image_size=(128, 64),
                  seed=0):
         lo, hi = (int(v) for v in attributes_per_caption)
         if not 1 <= lo <= hi <= len(ATTRIBUTES):
@@ -76,7 +76,7 @@ class SyntheticSpec(dict):
 
 
 # Bump when the drawing or the wording changes, so cached datasets are regenerated.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 
 
 def sample_identity(rng):
@@ -152,15 +152,18 @@ def render_person(ident, rng, size):
     H, W = size
     # Draw at a fixed canvas of 128x64 units and resize, so the drawing code has one scale.
     ch, cw = 128, 64
-    bg = np.array(COLORS[str(rng.choice(list(COLORS)))], dtype=np.float32) * rng.uniform(0.4, 0.9)
+    # Street-like backgrounds: muted, slightly tinted grays, so that clothing colours are the
+    # salient colours (as in real pedestrian crops) rather than the scene.
+    bg = rng.uniform(50, 190) + rng.uniform(-20, 20, size=3).astype(np.float32)
     grad = np.linspace(rng.uniform(0.7, 1.0), rng.uniform(1.0, 1.3), ch)[:, None, None]
     canvas = np.clip(bg[None, None, :] * grad + rng.normal(0, 12, (ch, cw, 3)), 0, 255)
     img = Image.fromarray(canvas.astype(np.uint8))
     draw = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(0, 4))):  # background clutter
         x0, y0 = rng.integers(0, cw), rng.integers(0, ch)
+        shade = int(rng.uniform(40, 210))
         draw.rectangle([x0, y0, x0 + rng.integers(4, 20), y0 + rng.integers(4, 30)],
-                       fill=COLORS[str(rng.choice(list(COLORS)))])
+                       fill=(shade, shade + int(rng.integers(-15, 15)), shade))
 
     s = rng.uniform(0.8, 1.0)
     cx = cw / 2 + rng.uniform(-6, 6)

@@ -1,0 +1,106 @@
+"""tools/train_net.py end to end on the tiny synthetic config: errors, two gloo ranks, resume and
+eval-only."""
+import os
+import re
+
+import pytest
+
+from conftest import TINY, run_train_net
+
+NO_AUGMENT = ["INPUT.FLIP.ENABLED", "False", "INPUT.PADDING.ENABLED", "False"]
+
+
+def _digests(log_text):
+    return dict(re.findall(r"Final parameter digest \(rank (\d+)\): (\w+)", log_text))
+
+
+def _last_results_row(text):
+    rows = re.findall(r"^\| SyntheticPedes\s*\|(.*)\|\s*$", text, flags=re.M)
+    assert rows, text[-3000:]
+    return [float(v) for v in rows[-1].split("|")]
+
+
+def _assert_one_sentence(proc, *needles):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_wrong_config_key_is_named(data_root, tmp_path):
+    proc = run_train_net("--config-file", TINY, "DATASETS.ROOT", data_root, "SOLVER.MAX_EPOHC", "3")
+    _assert_one_sentence(proc, "SOLVER.MAX_EPOHC")
+
+
+def test_wrong_key_in_a_config_file_is_named(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text(f"_BASE_: {TINY}\nMODEL:\n  CLIPP:\n    ARCH: RN50\n")
+    proc = run_train_net("--config-file", str(bad))
+    _assert_one_sentence(proc, "MODEL.CLIPP", str(bad))
+
+
+def test_missing_config_file_is_named(tmp_path):
+    proc = run_train_net("--config-file", str(tmp_path / "nope.yml"))
+    _assert_one_sentence(proc, "nope.yml")
+
+
+def test_missing_dataset_root_is_named(tmp_path):
+    root = tmp_path / "no-such-root"
+    proc = run_train_net("--config-file", TINY, "DATASETS.ROOT", str(root),
+                         "DATASETS.NAMES", '("CUHKPEDES",)', "DATASETS.TESTS", '("CUHKPEDES",)')
+    _assert_one_sentence(proc, str(root / "CUHK-PEDES"), "reid_raw.json")
+
+
+def test_eval_only_without_weights_says_so(data_root):
+    proc = run_train_net("--config-file", TINY, "--eval-only", "DATASETS.ROOT", data_root)
+    _assert_one_sentence(proc, "MODEL.WEIGHTS")
+
+
+def test_two_gloo_ranks_end_with_identical_parameters(data_root, tmp_path):
+    out = tmp_path / "ddp"
+    proc = run_train_net("--config-file", TINY, "--num-gpus", "2", "--dist-url", "auto",
+                         "DATASETS.ROOT", data_root, "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log0 = (out / "log.txt").read_text()
+    log1 = (out / "log.txt.rank1").read_text()
+    assert "World size: 2" in log0 and "World size: 2" in log1
+    d0, d1 = _digests(log0), _digests(log1)
+    assert d0["0"] == d1["1"], (d0, d1)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, data_root):
+    """Three epochs without augmentation (so that the run is deterministic), a checkpoint a epoch."""
+    out = tmp_path_factory.mktemp("full")
+    proc = run_train_net("--config-file", TINY, "DATASETS.ROOT", data_root, "OUTPUT_DIR", str(out),
+                         "SOLVER.MAX_EPOCH", "3", *NO_AUGMENT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout + proc.stderr
+
+
+def test_resume_continues_from_the_last_checkpoint(full_run, data_root, tmp_path):
+    out, log = full_run
+    # Pretend the run died after epoch 1: its last checkpoint is model_0001.pth.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    for name in ("model_0000.pth", "model_0001.pth"):
+        os.link(out / name, resumed / name)
+    (resumed / "last_checkpoint").write_text("model_0001.pth")
+    proc = run_train_net("--config-file", TINY, "--resume", "DATASETS.ROOT", data_root,
+                         "OUTPUT_DIR", str(resumed), "SOLVER.MAX_EPOCH", "3", *NO_AUGMENT)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-3000:]
+    assert "Starting training from epoch 2" in text
+    assert (resumed / "model_final.pth").exists()
+    # The resumed run ends exactly where the uninterrupted one did.
+    assert _digests(text)["0"] == _digests(log)["0"]
+
+
+def test_eval_only_reproduces_the_final_evaluation(full_run, data_root):
+    out, log = full_run
+    proc = run_train_net("--config-file", TINY, "--eval-only", "DATASETS.ROOT", data_root,
+                         "OUTPUT_DIR", str(out / "eval"), "MODEL.WEIGHTS", str(out / "model_final.pth"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _last_results_row(proc.stdout + proc.stderr) == _last_results_row(log)

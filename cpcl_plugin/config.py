@@ -5,12 +5,13 @@ Typical use (what ``tools/train_net.py`` does)::
     from cpcl_plugin import load_config
     cfg = load_config("configs/CPCL/cuhk.yml", ["SOLVER.MAX_EPOCH", "10"])
 """
+import math
 import os
 
 from fastreid.config import CfgNode as CN
 from fastreid.config import get_cfg
 
-__all__ = ["add_cpcl_config", "load_config", "ConfigError"]
+__all__ = ["add_cpcl_config", "load_config", "check_config", "check_schedule", "ConfigError"]
 
 
 class ConfigError(ValueError):
@@ -147,6 +148,9 @@ def check_config(cfg):
         raise ConfigError(f"MODEL.CLIP.IMAGE_SIZE {list(cfg.MODEL.CLIP.IMAGE_SIZE)} differs from "
                           f"INPUT.SIZE_TRAIN {list(cfg.INPUT.SIZE_TRAIN)}; leave it empty or make "
                           f"them equal.")
+    if cfg.SOLVER.AMP.ENABLED:
+        raise ConfigError("SOLVER.AMP.ENABLED is not supported yet by CPCLTrainer; set it to "
+                          "False.")
     if cfg.TEST.EVAL_PERIOD <= 0:
         raise ConfigError(f"TEST.EVAL_PERIOD must be a positive number of epochs, got "
                           f"{cfg.TEST.EVAL_PERIOD}.")
@@ -155,3 +159,14 @@ def check_config(cfg):
                           "(captions cannot be flipped); set it to False.")
     if cfg.MODEL.CPCL.TEMPERATURE <= 0:
         raise ConfigError(f"MODEL.CPCL.TEMPERATURE must be positive, got {cfg.MODEL.CPCL.TEMPERATURE}.")
+
+
+def check_schedule(cfg, iters_per_epoch):
+    """FastReID's cosine schedule spans the epochs after warm-up; there must be at least one."""
+    warmup_epochs = math.ceil(cfg.SOLVER.WARMUP_ITERS / iters_per_epoch)
+    if cfg.SOLVER.SCHED == "CosineAnnealingLR" and \
+            cfg.SOLVER.MAX_EPOCH - max(warmup_epochs, cfg.SOLVER.DELAY_EPOCHS) <= 0:
+        raise ConfigError(
+            f"SOLVER.WARMUP_ITERS {cfg.SOLVER.WARMUP_ITERS} ({warmup_epochs} epochs of "
+            f"{iters_per_epoch} iterations) leaves no epoch for the cosine schedule within "
+            f"SOLVER.MAX_EPOCH {cfg.SOLVER.MAX_EPOCH}; lower WARMUP_ITERS or raise MAX_EPOCH.")

@@ -53,6 +53,12 @@ def test_missing_dataset_root_is_named(tmp_path):
     _assert_one_sentence(proc, str(root / "CUHK-PEDES"), "reid_raw.json")
 
 
+def test_warmup_longer_than_training_is_named(data_root, tmp_path):
+    proc = run_train_net("--config-file", TINY, "DATASETS.ROOT", data_root,
+                         "OUTPUT_DIR", str(tmp_path), "SOLVER.WARMUP_ITERS", "100")
+    _assert_one_sentence(proc, "SOLVER.WARMUP_ITERS 100", "SOLVER.MAX_EPOCH 2")
+
+
 def test_eval_only_without_weights_says_so(data_root):
     proc = run_train_net("--config-file", TINY, "--eval-only", "DATASETS.ROOT", data_root)
     _assert_one_sentence(proc, "MODEL.WEIGHTS")

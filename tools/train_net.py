@@ -13,6 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cpcl_plugin import CPCLTrainer, ConfigError, DatasetError, load_config  # noqa: E402
+from cpcl_plugin.config import check_schedule  # noqa: E402
 from cpcl_plugin.data import build_dataset  # noqa: E402
 from fastreid.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from fastreid.utils import comm  # noqa: E402
@@ -72,8 +73,15 @@ def preflight(args):
         raise ConfigError("--eval-only needs a checkpoint: add MODEL.WEIGHTS path/to/model.pth.")
     if cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
         raise ConfigError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} does not exist.")
+    num_pairs = 0
     for name in dict.fromkeys(tuple(cfg.DATASETS.NAMES) + tuple(cfg.DATASETS.TESTS)):
-        build_dataset(cfg, name)
+        data = build_dataset(cfg, name)
+        if name in cfg.DATASETS.NAMES:
+            num_pairs += sum(len(r.captions) for r in data.split("train"))
+    if num_pairs < cfg.SOLVER.IMS_PER_BATCH:
+        raise ConfigError(f"The training set has {num_pairs} image-caption pairs, fewer than one "
+                          f"batch (SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH}).")
+    check_schedule(cfg, num_pairs // cfg.SOLVER.IMS_PER_BATCH)
     return cfg
 
 
@@ -86,8 +94,12 @@ def cli(argv=None):
         return 2
     # Read by the launcher's worker (cpcl_plugin.compat) to pick gloo for CPU runs.
     os.environ["CPCL_DEVICE"] = cfg.MODEL.DEVICE
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines,
+               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+    except (ConfigError, DatasetError) as err:  # found only once training is set up
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

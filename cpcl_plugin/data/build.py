@@ -152,7 +152,9 @@ def build_text_image_train_loader(cfg):
         records.extend(data.split("train"))
     train_set = TextImagePairs(records, build_transforms(cfg, is_train=True), tokenizer)
     batch_per_rank = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
-    sampler = EpochPairSampler(len(train_set), batch_per_rank, seed=max(cfg.SEED, 0))
+    # The order must agree across ranks: a negative SEED draws one seed shared by all of them.
+    seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+    sampler = EpochPairSampler(len(train_set), batch_per_rank, seed=seed)
     batch_sampler = torch.utils.data.BatchSampler(sampler, batch_per_rank, drop_last=True)
     return _loader(train_set, batch_sampler, cfg.DATALOADER.NUM_WORKERS)
 

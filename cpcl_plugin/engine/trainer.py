@@ -13,7 +13,6 @@ Everything else (resume, hooks, LR schedule, evaluation loop, writers) is FastRe
 """
 import hashlib
 import logging
-import math
 import os
 import time
 
@@ -26,7 +25,7 @@ from fastreid.utils.checkpoint import Checkpointer
 from fastreid.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import ConfigError
+from ..config import check_schedule
 from ..data.build import build_text_image_test_loader, build_text_image_train_loader
 from ..evaluation.t2i_evaluation import TextImageEvaluator
 
@@ -74,17 +73,6 @@ def parameter_digest(model):
     return h.hexdigest()[:16]
 
 
-def check_schedule(cfg, iters_per_epoch):
-    """FastReID's cosine schedule spans the epochs after warm-up; there must be at least one."""
-    warmup_epochs = math.ceil(cfg.SOLVER.WARMUP_ITERS / iters_per_epoch)
-    if cfg.SOLVER.SCHED == "CosineAnnealingLR" and \
-            cfg.SOLVER.MAX_EPOCH - max(warmup_epochs, cfg.SOLVER.DELAY_EPOCHS) <= 0:
-        raise ConfigError(
-            f"SOLVER.WARMUP_ITERS {cfg.SOLVER.WARMUP_ITERS} ({warmup_epochs} epochs of "
-            f"{iters_per_epoch} iterations) leaves no epoch for the cosine schedule within "
-            f"SOLVER.MAX_EPOCH {cfg.SOLVER.MAX_EPOCH}; lower WARMUP_ITERS or raise MAX_EPOCH.")
-
-
 class CPCLTrainer(DefaultTrainer):
 
     def __init__(self, cfg):
@@ -93,9 +81,6 @@ class CPCLTrainer(DefaultTrainer):
         if not fr_logger.isEnabledFor(logging.INFO):
             from fastreid.utils.logger import setup_logger
             setup_logger()
-        if cfg.SOLVER.AMP.ENABLED:
-            raise ConfigError("SOLVER.AMP.ENABLED is not supported yet by CPCLTrainer; set it to "
-                              "False.")
         self.cfg = cfg
         if comm.is_main_process() and cfg.OUTPUT_DIR:
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)

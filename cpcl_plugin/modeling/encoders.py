@@ -38,6 +38,11 @@ def clip_image_size(cfg):
     return tuple(int(v) for v in (cfg.MODEL.CLIP.IMAGE_SIZE or cfg.INPUT.SIZE_TRAIN))
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record):
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
 def create_clip_model(cfg):
     """The open_clip model of MODEL.CLIP at the configured image size and context length, with
     weights from MODEL.CLIP.PRETRAINED (tag or file; position embeddings interpolated)."""
@@ -45,6 +50,10 @@ def create_clip_model(cfg):
     if arch not in open_clip.list_models():
         raise ConfigError(f"MODEL.CLIP.ARCH {arch!r} is not an open_clip architecture; choose one "
                           f"of open_clip.list_models(), e.g. ViT-B-16, RN50, CPCL-Tiny.")
+    quiet = _DropRandomInitWarning() if not pretrained else None
+    if quiet:  # random init is what MODEL.CLIP.PRETRAINED "" asks for; say it once, our way
+        logging.getLogger().addFilter(quiet)
+        logger.info(f"open_clip {arch}: random initialisation (MODEL.CLIP.PRETRAINED is empty)")
     try:
         model = open_clip.create_model(
             arch, pretrained=pretrained, force_image_size=clip_image_size(cfg),
@@ -60,6 +69,9 @@ def create_clip_model(cfg):
                 f"({str(err).splitlines()[0]}). Without internet access, download the weights "
                 f"elsewhere and set MODEL.CLIP.PRETRAINED to the local file.") from None
         raise
+    finally:
+        if quiet:
+            logging.getLogger().removeFilter(quiet)
     if pretrained:
         logger.info(f"Loaded open_clip {arch} weights from {pretrained}")
     return model

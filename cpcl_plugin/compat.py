@@ -18,6 +18,8 @@ Patches, and why:
   background prefetch thread but skips streams and device copies.
 - ``typed_storage_warning``: FastReID's ``ToTensor`` reads images through ``torch.ByteStorage``,
   which torch 2 deprecates with a warning per image; the warning is silenced, the code still works.
+- ``cuda_home_warning``: FastReID's ``collect_env_info`` imports ``torch.utils.cpp_extension``,
+  which warns "No CUDA runtime is found" on CPU-only machines; that logger is quieted there only.
 - ``launch_gloo``: ``fastreid.engine.launch._distributed_worker`` asserts CUDA, hard-codes NCCL and
   calls ``torch.cuda.set_device``. The replacement uses gloo and no CUDA call when CUDA is absent
   or when ``CPCL_DEVICE=cpu`` is in the environment (``tools/train_net.py`` sets it from
@@ -35,7 +37,7 @@ import os
 import sys
 import types
 
-__all__ = ["apply", "applied", "dist_backend"]
+__all__ = ["apply", "applied", "dist_backend", "registry_names"]
 
 _APPLIED = []
 _DONE = False
@@ -77,6 +79,11 @@ def _patch_numpy_bool():
         return False
     np.bool = bool
     return True
+
+
+def registry_names(registry):
+    """The names registered in a FastReID Registry (it has no public listing in 1.4)."""
+    return sorted(registry._obj_map)
 
 
 def dist_backend():
@@ -183,6 +190,16 @@ def _quiet_typed_storage_warning():
     return True
 
 
+def _quiet_cuda_home_warning():
+    # FastReID's collect_env_info (run by default_setup) imports torch.utils.cpp_extension, which
+    # warns "No CUDA runtime is found" on every CPU-only machine that has a CUDA toolkit folder.
+    import torch
+    if torch.cuda.is_available():
+        return False
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    return True
+
+
 _PATCHES = (
     ("collections_abc_aliases", _patch_collections),
     ("torch_six", _patch_torch_six),
@@ -190,6 +207,7 @@ _PATCHES = (
     ("dataloaderx_cpu", _patch_dataloaderx),
     ("launch_gloo", _patch_launch),
     ("typed_storage_warning", _quiet_typed_storage_warning),
+    ("cuda_home_warning", _quiet_cuda_home_warning),
 )
 
 

@@ -11,7 +11,8 @@ import os
 from fastreid.config import CfgNode as CN
 from fastreid.config import get_cfg
 
-__all__ = ["add_cpcl_config", "load_config", "check_config", "check_schedule", "ConfigError"]
+__all__ = ["add_cpcl_config", "load_config", "check_config", "check_schedule", "check_batch_split",
+           "ConfigError"]
 
 
 class ConfigError(ValueError):
@@ -148,6 +149,19 @@ def check_config(cfg):
         raise ConfigError(f"MODEL.CLIP.IMAGE_SIZE {list(cfg.MODEL.CLIP.IMAGE_SIZE)} differs from "
                           f"INPUT.SIZE_TRAIN {list(cfg.INPUT.SIZE_TRAIN)}; leave it empty or make "
                           f"them equal.")
+    from fastreid.modeling.backbones import BACKBONE_REGISTRY
+    from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+
+    from .compat import registry_names
+    for key, value, registry in (
+            ("MODEL.META_ARCHITECTURE", cfg.MODEL.META_ARCHITECTURE, META_ARCH_REGISTRY),
+            ("MODEL.BACKBONE.NAME", cfg.MODEL.BACKBONE.NAME, BACKBONE_REGISTRY)):
+        if value not in registry_names(registry):
+            raise ConfigError(f"{key} {value!r} is not registered; known: "
+                              f"{', '.join(registry_names(registry))}.")
+    if cfg.TEST.PRECISE_BN.ENABLED or cfg.SOLVER.FREEZE_ITERS > 0:
+        raise ConfigError("TEST.PRECISE_BN.ENABLED and SOLVER.FREEZE_ITERS are not supported by "
+                          "CPCLTrainer; set them to False and 0.")
     if cfg.SOLVER.AMP.ENABLED:
         raise ConfigError("SOLVER.AMP.ENABLED is not supported yet by CPCLTrainer; set it to "
                           "False.")
@@ -170,3 +184,12 @@ def check_schedule(cfg, iters_per_epoch):
             f"SOLVER.WARMUP_ITERS {cfg.SOLVER.WARMUP_ITERS} ({warmup_epochs} epochs of "
             f"{iters_per_epoch} iterations) leaves no epoch for the cosine schedule within "
             f"SOLVER.MAX_EPOCH {cfg.SOLVER.MAX_EPOCH}; lower WARMUP_ITERS or raise MAX_EPOCH.")
+
+
+def check_batch_split(cfg, world_size):
+    """SOLVER.IMS_PER_BATCH is split evenly over the processes, at least two pairs each (the
+    contrastive loss of a process needs a negative)."""
+    if cfg.SOLVER.IMS_PER_BATCH % world_size or cfg.SOLVER.IMS_PER_BATCH // world_size < 2:
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} must be a multiple of "
+                          f"the {world_size} processes with at least 2 pairs per process.")
+    return cfg.SOLVER.IMS_PER_BATCH // world_size

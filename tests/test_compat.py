@@ -2,6 +2,7 @@
 feature-detected (it reports nothing to do once the problem is gone)."""
 import collections
 import importlib
+import logging
 import sys
 import warnings
 
@@ -99,3 +100,12 @@ def test_import_without_fastreid_says_how_to_install(tmp_path):
                           cwd=str(tmp_path), env={"PYTHONPATH": compat.__file__.rsplit("/cpcl_plugin", 1)[0]})
     assert proc.returncode != 0
     assert "pip install --no-deps fastreid==1.4.0" in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the warning exists only without CUDA")
+def test_cuda_home_warning_is_quiet_on_cpu(caplog):
+    assert "cuda_home_warning" in compat.applied()
+    from fastreid.utils.collect_env import collect_env_info
+    with caplog.at_level(logging.WARNING):
+        assert "PyTorch" in collect_env_info()
+    assert not [r for r in caplog.records if "No CUDA runtime" in r.getMessage()]

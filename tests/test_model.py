@@ -38,10 +38,25 @@ def test_weights_saved_at_224_load_into_384x128(tiny_cfg, tmp_path):
 def test_unloadable_pretrained_weights_say_what_to_do(tiny_cfg, tmp_path):
     bad = tmp_path / "other.pt"
     torch.save({"foo": torch.zeros(3)}, bad)
-    with pytest.raises(ConfigError, match="does not fit MODEL.CLIP.ARCH CPCL-Tiny"):
+    with pytest.raises(ConfigError, match="does not fit MODEL.CLIP.ARCH CPCL-Tiny .*open_clip state dict"):
         create_clip_model(tiny_cfg("MODEL.CLIP.PRETRAINED", str(bad)))
     with pytest.raises(ConfigError, match="not an open_clip architecture"):
         create_clip_model(tiny_cfg("MODEL.CLIP.ARCH", "ViT-Q-99"))
+
+
+def test_openai_tags_get_quick_gelu_and_resnets_need_square_images(tiny_cfg, monkeypatch):
+    seen = {}
+
+    def fake_create_model(arch, **kwargs):  # no download here: record what would be asked
+        seen[arch] = kwargs
+        raise RuntimeError("stop")
+    monkeypatch.setattr(open_clip, "create_model", fake_create_model)
+    with pytest.raises(ConfigError):
+        create_clip_model(tiny_cfg("MODEL.CLIP.ARCH", "ViT-B-16", "MODEL.CLIP.PRETRAINED", "openai"))
+    assert seen["ViT-B-16"]["force_quick_gelu"] is True
+    assert seen["ViT-B-16"]["force_image_size"] == (64, 32)
+    with pytest.raises(ConfigError, match="RN50 takes square images only"):
+        create_clip_model(tiny_cfg("MODEL.CLIP.ARCH", "RN50"))
 
 
 def test_eval_mode_returns_normalised_features(tiny_cfg):

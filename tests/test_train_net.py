@@ -59,6 +59,16 @@ def test_warmup_longer_than_training_is_named(data_root, tmp_path):
     _assert_one_sentence(proc, "SOLVER.WARMUP_ITERS 100", "SOLVER.MAX_EPOCH 2")
 
 
+@pytest.mark.parametrize("flags, keys, needle", [
+    ([], ["MODEL.BACKBONE.NAME", "build_resnet"], "MODEL.BACKBONE.NAME 'build_resnet' is not registered"),
+    ([], ["DATASETS.NAMES", '("Market1501",)'], "'Market1501' in DATASETS.NAMES/TESTS is a FastReID"),
+    (["--num-gpus", "2"], ["SOLVER.IMS_PER_BATCH", "9"], "SOLVER.IMS_PER_BATCH 9 must be a multiple"),
+])
+def test_bad_names_and_batch_splits_are_named(data_root, flags, keys, needle):
+    proc = run_train_net("--config-file", TINY, *flags, "DATASETS.ROOT", data_root, *keys)
+    _assert_one_sentence(proc, needle)
+
+
 def test_eval_only_without_weights_says_so(data_root):
     proc = run_train_net("--config-file", TINY, "--eval-only", "DATASETS.ROOT", data_root)
     _assert_one_sentence(proc, "MODEL.WEIGHTS")
@@ -74,6 +84,11 @@ def test_two_gloo_ranks_end_with_identical_parameters(data_root, tmp_path):
     assert "World size: 2" in log0 and "World size: 2" in log1
     d0, d1 = _digests(log0), _digests(log1)
     assert d0["0"] == d1["1"], (d0, d1)
+    # Evaluation split over two ranks and gathered equals one process evaluating the same model.
+    single = run_train_net("--config-file", TINY, "--eval-only", "DATASETS.ROOT", data_root,
+                           "OUTPUT_DIR", str(out / "eval1"), "MODEL.WEIGHTS", str(out / "model_final.pth"))
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert _last_results_row(single.stdout) == _last_results_row(log0)
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +117,13 @@ def test_resume_continues_from_the_last_checkpoint(full_run, data_root, tmp_path
     assert (resumed / "model_final.pth").exists()
     # The resumed run ends exactly where the uninterrupted one did.
     assert _digests(text)["0"] == _digests(log)["0"]
+
+
+def test_resuming_a_finished_run_says_so(full_run, data_root):
+    out, _ = full_run
+    proc = run_train_net("--config-file", TINY, "--resume", "DATASETS.ROOT", data_root,
+                         "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "3", *NO_AUGMENT)
+    _assert_one_sentence(proc, "already finished epoch 3 of SOLVER.MAX_EPOCH 3")
 
 
 def test_eval_only_reproduces_the_final_evaluation(full_run, data_root):

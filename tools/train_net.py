@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cpcl_plugin import CPCLTrainer, ConfigError, DatasetError, load_config  # noqa: E402
-from cpcl_plugin.config import check_schedule  # noqa: E402
+from cpcl_plugin.config import check_batch_split, check_schedule  # noqa: E402
 from cpcl_plugin.data import build_dataset  # noqa: E402
 from fastreid.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from fastreid.utils import comm  # noqa: E402
@@ -21,6 +21,7 @@ from fastreid.utils.checkpoint import Checkpointer  # noqa: E402
 from fastreid.utils.env import seed_all_rng  # noqa: E402
 from fastreid.utils.logger import setup_logger  # noqa: E402
 from tabulate import tabulate  # noqa: E402
+from torch.multiprocessing import ProcessExitedException  # noqa: E402
 
 logger = logging.getLogger("cpcl_plugin.train_net")
 
@@ -35,12 +36,17 @@ def setup(args):
     return cfg
 
 
-def results_table(rows):
-    """A Markdown table of evaluation results, one row per (label, results dict)."""
+def results_table(rows, dataset_names):
+    """A Markdown table of evaluation results: one row per (label, dataset). FastReID's `test`
+    returns one dataset's metrics directly, several datasets' as {name: metrics}."""
     keys = ["Rank-1", "Rank-5", "Rank-10", "mAP", "mINP"]
-    return tabulate([[label] + [res[k] for k in keys] for label, res in rows],
-                    headers=["model", "R1", "R5", "R10", "mAP", "mINP"], tablefmt="pipe",
-                    floatfmt=".2f")
+    lines = []
+    for label, results in rows:
+        per_dataset = results if len(dataset_names) > 1 else {dataset_names[0]: results}
+        for name in dataset_names:
+            lines.append([label, name] + [per_dataset[name][k] for k in keys])
+    return tabulate(lines, headers=["model", "dataset", "R1", "R5", "R10", "mAP", "mINP"],
+                    tablefmt="pipe", floatfmt=".2f")
 
 
 def main(args):
@@ -51,7 +57,7 @@ def main(args):
         results = CPCLTrainer.test(cfg, model)
         if comm.is_main_process():
             logger.info("Text-to-image results of %s:\n%s", cfg.MODEL.WEIGHTS,
-                        results_table([("evaluated", results)]))
+                        results_table([("evaluated", results)], cfg.DATASETS.TESTS))
         return results
 
     trainer = CPCLTrainer(cfg)
@@ -60,8 +66,8 @@ def main(args):
     if comm.is_main_process():
         rows = [("before training", trainer.initial_eval_results)] \
             if trainer.initial_eval_results else []
-        logger.info("Text-to-image results on %s:\n%s", ", ".join(cfg.DATASETS.TESTS),
-                    results_table(rows + [("after training", results)]))
+        logger.info("Text-to-image results:\n%s",
+                    results_table(rows + [("after training", results)], cfg.DATASETS.TESTS))
     return results
 
 
@@ -78,11 +84,24 @@ def preflight(args):
         data = build_dataset(cfg, name)
         if name in cfg.DATASETS.NAMES:
             num_pairs += sum(len(r.captions) for r in data.split("train"))
-    if num_pairs < cfg.SOLVER.IMS_PER_BATCH:
+    world_size = args.num_gpus * args.num_machines
+    batch = check_batch_split(cfg, world_size) * world_size
+    if num_pairs < batch:
         raise ConfigError(f"The training set has {num_pairs} image-caption pairs, fewer than one "
                           f"batch (SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH}).")
-    check_schedule(cfg, num_pairs // cfg.SOLVER.IMS_PER_BATCH)
+    if not args.eval_only:
+        check_schedule(cfg, num_pairs // batch)
     return cfg
+
+
+def worker(args):
+    """`main` in a launched process: a config or data error found there ends that process with
+    its one sentence (exit status 2) rather than a traceback."""
+    try:
+        return main(args)
+    except (ConfigError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def cli(argv=None):
@@ -95,11 +114,12 @@ def cli(argv=None):
     # Read by the launcher's worker (cpcl_plugin.compat) to pick gloo for CPU runs.
     os.environ["CPCL_DEVICE"] = cfg.MODEL.DEVICE
     try:
-        launch(main, args.num_gpus, num_machines=args.num_machines,
+        launch(worker, args.num_gpus, num_machines=args.num_machines,
                machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
-    except (ConfigError, DatasetError) as err:  # found only once training is set up
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except SystemExit as exit_:  # the single-process case: worker() already said why
+        return exit_.code
+    except ProcessExitedException as err:  # a launched worker exited; it said why on stderr
+        return err.exit_code
     return 0
 
 

@@ -11,11 +11,13 @@ import logging
 
 import numpy as np
 import torch
+from fastreid.data.build import fast_batch_collator
 from fastreid.data.data_utils import DataLoaderX, read_image
 from fastreid.data.transforms import build_transforms
 from fastreid.utils import comm
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..config import check_batch_split
 from .datasets import build_dataset
 from .tokenizer import build_tokenizer
 
@@ -31,10 +33,11 @@ def flatten_pairs(records):
 
 
 class TextImagePairs(Dataset):
-    """One item per caption: its image (transformed) and its tokens. No identity label."""
+    """One item per caption: its image (transformed) and its tokens. It keeps only image paths
+    and captions: identity labels never enter the training set."""
 
     def __init__(self, records, transform, tokenizer):
-        self.records = records
+        self.image_paths = [rec.image_path for rec in records]
         self.pairs = flatten_pairs(records)
         self.transform = transform
         self.tokenizer = tokenizer
@@ -44,11 +47,11 @@ class TextImagePairs(Dataset):
 
     @property
     def num_images(self):
-        return len(self.records)
+        return len(self.image_paths)
 
     def __getitem__(self, index):
         image_index, caption = self.pairs[index]
-        image = self.transform(read_image(self.records[image_index].image_path))
+        image = self.transform(read_image(self.image_paths[image_index]))
         return {"indices": index, "image_ids": image_index, "images": image,
                 "tokens": self.tokenizer(caption)}
 
@@ -129,12 +132,14 @@ class KindAwareBatchSampler(Sampler):
         return n
 
 
-def _loader(dataset, batch_sampler, num_workers):
-    # FastReID's DataLoaderX: prefetch thread, and on CUDA a copy stream (CPU-safe via compat).
-    from fastreid.data.build import fast_batch_collator
-    return DataLoaderX(comm.get_local_rank(), dataset=dataset, batch_sampler=batch_sampler,
-                       num_workers=num_workers, collate_fn=fast_batch_collator,
-                       pin_memory=torch.cuda.is_available())
+def _loader(cfg, dataset, batch_sampler):
+    """FastReID's DataLoaderX (prefetch thread, copies to the GPU on a side stream) when the model
+    is on CUDA; a plain DataLoader otherwise, also on a CUDA machine told MODEL.DEVICE cpu."""
+    kwargs = dict(dataset=dataset, batch_sampler=batch_sampler, collate_fn=fast_batch_collator,
+                  num_workers=cfg.DATALOADER.NUM_WORKERS)
+    if str(cfg.MODEL.DEVICE).startswith("cuda"):
+        return DataLoaderX(comm.get_local_rank(), pin_memory=True, **kwargs)
+    return DataLoader(**kwargs)
 
 
 def _log_statistics(data, name):
@@ -151,12 +156,12 @@ def build_text_image_train_loader(cfg):
         _log_statistics(data, name)
         records.extend(data.split("train"))
     train_set = TextImagePairs(records, build_transforms(cfg, is_train=True), tokenizer)
-    batch_per_rank = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+    batch_per_rank = check_batch_split(cfg, comm.get_world_size())
     # The order must agree across ranks: a negative SEED draws one seed shared by all of them.
     seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
     sampler = EpochPairSampler(len(train_set), batch_per_rank, seed=seed)
     batch_sampler = torch.utils.data.BatchSampler(sampler, batch_per_rank, drop_last=True)
-    return _loader(train_set, batch_sampler, cfg.DATALOADER.NUM_WORKERS)
+    return _loader(cfg, train_set, batch_sampler)
 
 
 def build_text_image_test_loader(cfg, dataset_name, split="test"):
@@ -166,4 +171,4 @@ def build_text_image_test_loader(cfg, dataset_name, split="test"):
                                 build_tokenizer(cfg))
     batch_sampler = KindAwareBatchSampler(len(test_set), test_set.num_query,
                                           max(1, cfg.TEST.IMS_PER_BATCH // comm.get_world_size()))
-    return _loader(test_set, batch_sampler, cfg.DATALOADER.NUM_WORKERS), test_set.num_query
+    return _loader(cfg, test_set, batch_sampler), test_set.num_query

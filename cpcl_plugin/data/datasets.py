@@ -19,6 +19,7 @@ from collections import namedtuple
 from fastreid.data.datasets import DATASET_REGISTRY
 from tabulate import tabulate
 
+from ..compat import registry_names
 from .synthetic import SyntheticSpec, ensure_synthetic_dataset
 
 __all__ = ["ImageRecord", "TextImageDataset", "DatasetError", "dataset_root", "build_dataset",
@@ -162,15 +163,23 @@ class SyntheticPedes(TextImageDataset):
         super().__init__(root=folder)
 
 
+def _text_image_dataset_names():
+    return [k for k in registry_names(DATASET_REGISTRY)
+            if isinstance(DATASET_REGISTRY.get(k), type)
+            and issubclass(DATASET_REGISTRY.get(k), TextImageDataset)]
+
+
 def build_dataset(cfg, name):
     """Instantiate the registered dataset `name` from the config's dataset root."""
     try:
         cls = DATASET_REGISTRY.get(name)
     except KeyError:
-        known = sorted(k for k, v in DATASET_REGISTRY._obj_map.items()
-                       if isinstance(v, type) and issubclass(v, TextImageDataset))
         raise DatasetError(f"Unknown dataset {name!r} in DATASETS.NAMES/TESTS; text-image datasets "
-                           f"registered: {', '.join(known)}.") from None
+                           f"registered: {', '.join(_text_image_dataset_names())}.") from None
+    if not (isinstance(cls, type) and issubclass(cls, TextImageDataset)):
+        raise DatasetError(f"{name!r} in DATASETS.NAMES/TESTS is a FastReID re-identification "
+                           f"dataset without captions; use a text-image dataset: "
+                           f"{', '.join(_text_image_dataset_names())}.")
     kwargs = {}
     if issubclass(cls, SyntheticPedes):
         kwargs["spec"] = SyntheticSpec.from_cfg(cfg)

@@ -7,8 +7,9 @@ What differs, and why:
 - `build_optimizer`: FastReID's parameter groups (``heads`` get SOLVER.HEADS_LR_FACTOR) without
   ContiguousParams, whose buffers stop updating on torch >= 2.
 - `run_step`: draws from the epoch iterator; the rest is SimpleTrainer's step.
-- `build_evaluator`: the text-to-image evaluator; `build_hooks`: adds the optional evaluation
-  before training and a configurable log period.
+- `build_evaluator`: the text-to-image evaluator; `build_hooks`: FastReID's hooks with a
+  configurable log period and the optional evaluation before training.
+- `resume_or_load`: resuming a finished run says so instead of failing in a hook.
 Everything else (resume, hooks, LR schedule, evaluation loop, writers) is FastReID's.
 """
 import hashlib
@@ -25,7 +26,7 @@ from fastreid.utils.checkpoint import Checkpointer
 from fastreid.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import check_schedule
+from ..config import ConfigError, check_schedule
 from ..data.build import build_text_image_test_loader, build_text_image_train_loader
 from ..evaluation.t2i_evaluation import TextImageEvaluator
 
@@ -134,12 +135,21 @@ class CPCLTrainer(DefaultTrainer):
         return build_optimizer(cfg, model, contiguous=False)
 
     def build_hooks(self):
-        ret = super().build_hooks()
-        for i, hook in enumerate(ret):
-            if isinstance(hook, hooks.PeriodicWriter):
-                ret[i] = hooks.PeriodicWriter(self.build_writers(), self.cfg.SOLVER.LOG_PERIOD)
-        if self.cfg.TEST.EVAL_BEFORE_TRAIN:
-            ret.insert(0, EvalBeforeTrain())
+        """FastReID's default hooks minus PreciseBN and LayerFreeze (rejected by check_config),
+        with SOLVER.LOG_PERIOD for the writers and the optional evaluation before training."""
+        cfg = self.cfg
+
+        def test_and_save_results():
+            self._last_eval_results = self.test(cfg, self.model)
+            return self._last_eval_results
+
+        ret = [hooks.IterationTimer(), hooks.LRScheduler(self.optimizer, self.scheduler)]
+        if cfg.TEST.EVAL_BEFORE_TRAIN:
+            ret.append(EvalBeforeTrain())
+        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+            ret.append(hooks.PeriodicWriter(self.build_writers(), cfg.SOLVER.LOG_PERIOD))
         return ret
 
     def build_writers(self):
@@ -168,6 +178,14 @@ class CPCLTrainer(DefaultTrainer):
         losses.backward()
         SimpleTrainer._write_metrics(self, loss_dict, data_time)
         self.optimizer.step()
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        if self.start_epoch >= self.max_epoch:
+            raise ConfigError(
+                f"{self.cfg.OUTPUT_DIR} holds a run that already finished epoch "
+                f"{self.start_epoch} of SOLVER.MAX_EPOCH {self.max_epoch}: raise SOLVER.MAX_EPOCH "
+                f"to train on, or evaluate it with --eval-only MODEL.WEIGHTS <checkpoint>.")
 
     def train(self):
         results = super().train()

@@ -20,6 +20,7 @@ from fastreid.modeling.backbones import BACKBONE_REGISTRY
 from fastreid.utils.registry import Registry
 from torch import nn
 
+from ..compat import registry_names
 from ..config import ConfigError
 
 __all__ = ["TEXT_ENCODER_REGISTRY", "build_text_encoder", "create_clip_model",
@@ -49,20 +50,33 @@ def create_clip_model(cfg):
     arch, pretrained = cfg.MODEL.CLIP.ARCH, cfg.MODEL.CLIP.PRETRAINED or None
     if arch not in open_clip.list_models():
         raise ConfigError(f"MODEL.CLIP.ARCH {arch!r} is not an open_clip architecture; choose one "
-                          f"of open_clip.list_models(), e.g. ViT-B-16, RN50, CPCL-Tiny.")
+                          f"of open_clip.list_models(), e.g. ViT-B-16, ViT-L-14, CPCL-Tiny.")
+    image_size = clip_image_size(cfg)
+    if isinstance(open_clip.get_model_config(arch)["vision_cfg"].get("layers"), (list, tuple)):
+        # open_clip's ModifiedResNet (RN50, RN101, ...) pools a square grid only.
+        if image_size[0] != image_size[1]:
+            raise ConfigError(f"MODEL.CLIP.ARCH {arch} takes square images only, but the image size "
+                              f"is {list(image_size)}; use a ViT architecture for person crops, or "
+                              f"a FastReID ResNet via MODEL.BACKBONE.NAME build_resnet_backbone.")
+        image_size = image_size[0]
+    # Weights trained with QuickGELU (OpenAI's) need it at run time; open_clip only warns.
+    quick_gelu = bool(pretrained and not os.path.isfile(pretrained)
+                      and (open_clip.get_pretrained_cfg(arch, pretrained) or {}).get("quick_gelu"))
     quiet = _DropRandomInitWarning() if not pretrained else None
     if quiet:  # random init is what MODEL.CLIP.PRETRAINED "" asks for; say it once, our way
         logging.getLogger().addFilter(quiet)
         logger.info(f"open_clip {arch}: random initialisation (MODEL.CLIP.PRETRAINED is empty)")
     try:
         model = open_clip.create_model(
-            arch, pretrained=pretrained, force_image_size=clip_image_size(cfg),
+            arch, pretrained=pretrained, force_image_size=image_size, force_quick_gelu=quick_gelu,
             force_context_length=cfg.MODEL.CLIP.CONTEXT_LENGTH, device="cpu",
             require_pretrained=bool(pretrained))
     except RuntimeError as err:
         if pretrained and os.path.isfile(pretrained):
-            raise ConfigError(f"MODEL.CLIP.PRETRAINED {pretrained} does not fit MODEL.CLIP.ARCH "
-                              f"{arch}: {str(err).splitlines()[0]}") from None
+            raise ConfigError(
+                f"MODEL.CLIP.PRETRAINED {pretrained} does not fit MODEL.CLIP.ARCH {arch} "
+                f"({str(err).splitlines()[0][:200]}); it must be an open_clip state dict of that "
+                f"architecture (OpenAI's TorchScript .pt archives are not accepted).") from None
         if pretrained:
             raise ConfigError(
                 f"MODEL.CLIP.PRETRAINED {pretrained!r} could not be loaded for {arch} "
@@ -124,7 +138,7 @@ def build_text_encoder(cfg):
         builder = TEXT_ENCODER_REGISTRY.get(name)
     except KeyError:
         raise ConfigError(f"MODEL.TEXT_ENCODER.NAME {name!r} is not registered; known: "
-                          f"{', '.join(sorted(TEXT_ENCODER_REGISTRY._obj_map))}.") from None
+                          f"{', '.join(registry_names(TEXT_ENCODER_REGISTRY))}.") from None
     return builder(cfg)
 
 

@@ -1,0 +1,2 @@
+"""Pseudo labels from features: pure functions on arrays, no trainer state."""
+from .jaccard import cluster, jaccard_distance, knn, relabel_in_order

@@ -60,6 +60,41 @@ def add_cpcl_config(cfg):
     # Learn the ITC temperature (as CLIP does) or keep it fixed.
     _C.MODEL.CPCL.LEARN_TEMPERATURE = False
 
+    # Weight of similarity distribution matching over pseudo labels (IRRA's SDM); 0 = off.
+    _C.MODEL.CPCL.SDM_WEIGHT = 0.0
+    # Weight of the intra-modal prototype losses (image-to-image and text-to-text, PMM).
+    _C.MODEL.CPCL.INTRA_WEIGHT = 1.0
+    # Weight of the many-to-many cross-modal prototype losses (HCM).
+    _C.MODEL.CPCL.CROSS_WEIGHT = 1.0
+    # Temperature of the prototype losses.
+    _C.MODEL.CPCL.PROTO_TEMPERATURE = 0.05
+    # Memory momentum m in P[y] <- normalise(m P[y] + (1 - m) f) after each optimiser step.
+    _C.MODEL.CPCL.MEMORY_MOMENTUM = 0.2
+
+    # ---- pseudo labels (per epoch, per modality) ----------------------------------------------------
+    _C.PSEUDO = CN()
+    # Cluster features into pseudo identities each epoch; False trains the instance loss only.
+    _C.PSEUDO.ENABLED = True
+    # First epoch (0-based) with pseudo labels; earlier epochs train the instance loss only.
+    _C.PSEUDO.START_EPOCH = 0
+    # DBSCAN radius on the k-reciprocal Jaccard distance, and its minimum cluster core size.
+    _C.PSEUDO.EPS = 0.6
+    _C.PSEUDO.MIN_SAMPLES = 4
+    # k-reciprocal neighbourhood sizes of the Jaccard distance (Zhong et al. 2017).
+    _C.PSEUDO.K1 = 30
+    _C.PSEUDO.K2 = 6
+    # Samples per pseudo identity in a P x K batch (P = IMS_PER_BATCH / K).
+    _C.PSEUDO.NUM_INSTANCES = 4
+    # What batches do with pairs whose image is a clustering outlier: "drop" or "singleton".
+    _C.PSEUDO.OUTLIERS = "singleton"
+    # Images and captions per forward pass when features are extracted for clustering.
+    _C.PSEUDO.BATCH_SIZE = 256
+    _C.PSEUDO.OPLM = CN()
+    # Outlier Pseudo Label Mining: recover outliers through their paired sample's cluster.
+    _C.PSEUDO.OPLM.ENABLED = True
+    # Minimum cosine between an outlier and the prototype it is assigned to.
+    _C.PSEUDO.OPLM.THRESHOLD = 0.5
+
     # ---- data -----------------------------------------------------------------------------------
     # Dataset root; empty: $FASTREID_DATASETS, else "datasets" (FastReID's convention).
     _C.DATASETS.ROOT = ""
@@ -171,8 +206,16 @@ def check_config(cfg):
     if cfg.TEST.FLIP.ENABLED:
         raise ConfigError("TEST.FLIP.ENABLED is not supported for text-to-image retrieval "
                           "(captions cannot be flipped); set it to False.")
-    if cfg.MODEL.CPCL.TEMPERATURE <= 0:
-        raise ConfigError(f"MODEL.CPCL.TEMPERATURE must be positive, got {cfg.MODEL.CPCL.TEMPERATURE}.")
+    if cfg.PSEUDO.OUTLIERS not in ("drop", "singleton"):
+        raise ConfigError(f"PSEUDO.OUTLIERS must be 'drop' or 'singleton', got {cfg.PSEUDO.OUTLIERS!r}.")
+    if cfg.PSEUDO.NUM_INSTANCES < 1 or cfg.SOLVER.IMS_PER_BATCH % cfg.PSEUDO.NUM_INSTANCES:
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} must be a multiple of "
+                          f"PSEUDO.NUM_INSTANCES {cfg.PSEUDO.NUM_INSTANCES} (P x K batches).")
+    if not 0 <= cfg.MODEL.CPCL.MEMORY_MOMENTUM < 1:
+        raise ConfigError(f"MODEL.CPCL.MEMORY_MOMENTUM must be in [0, 1), got "
+                          f"{cfg.MODEL.CPCL.MEMORY_MOMENTUM}.")
+    if cfg.MODEL.CPCL.TEMPERATURE <= 0 or cfg.MODEL.CPCL.PROTO_TEMPERATURE <= 0:
+        raise ConfigError("MODEL.CPCL.TEMPERATURE and PROTO_TEMPERATURE must be positive.")
 
 
 def check_schedule(cfg, iters_per_epoch):

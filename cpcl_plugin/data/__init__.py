@@ -1,4 +1,5 @@
-from .build import (EpochPairSampler, KindAwareBatchSampler, TextImageEvalSet, TextImagePairs,
+from .build import (EpochPairSampler, KindAwareBatchSampler, PseudoIdentitySampler, TextImageEvalSet,
+                    TextImagePairs, TrainFeatureSet, build_feature_loader,
                     build_text_image_test_loader, build_text_image_train_loader)
 from .datasets import (CUHKPEDES, ICFGPEDES, DatasetError, ImageRecord, RSTPReid, SyntheticPedes,
                        TextImageDataset, build_dataset, dataset_root)

@@ -21,7 +21,8 @@ from ..config import check_batch_split
 from .datasets import build_dataset
 from .tokenizer import build_tokenizer
 
-__all__ = ["TextImagePairs", "TextImageEvalSet", "EpochPairSampler", "KindAwareBatchSampler",
+__all__ = ["TextImagePairs", "TextImageEvalSet", "TrainFeatureSet", "EpochPairSampler",
+           "PseudoIdentitySampler", "KindAwareBatchSampler", "build_feature_loader",
            "build_text_image_train_loader", "build_text_image_test_loader", "flatten_pairs"]
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,14 @@ class TextImagePairs(Dataset):
         self.pairs = flatten_pairs(records)
         self.transform = transform
         self.tokenizer = tokenizer
+        self.pair_image = np.array([i for i, _ in self.pairs], dtype=np.int64)
+        self.image_labels = self.text_labels = None  # pseudo labels per pair, set each epoch
+
+    def set_pseudo_labels(self, image_labels, text_labels):
+        """Per-pair pseudo labels (image cluster, text cluster) that items carry from now on;
+        None removes them (instance-level training)."""
+        self.image_labels = None if image_labels is None else np.asarray(image_labels)
+        self.text_labels = None if text_labels is None else np.asarray(text_labels)
 
     def __len__(self):
         return len(self.pairs)
@@ -52,8 +61,34 @@ class TextImagePairs(Dataset):
     def __getitem__(self, index):
         image_index, caption = self.pairs[index]
         image = self.transform(read_image(self.image_paths[image_index]))
-        return {"indices": index, "image_ids": image_index, "images": image,
+        item = {"indices": index, "image_ids": image_index, "images": image,
                 "tokens": self.tokenizer(caption)}
+        if self.image_labels is not None:
+            item["image_labels"] = int(self.image_labels[index])
+            item["text_labels"] = int(self.text_labels[index])
+        return item
+
+
+class TrainFeatureSet(Dataset):
+    """The training set's captions (in pair order) then its unique images (in image order), with
+    test transforms and without labels, for the per-epoch feature extraction."""
+
+    def __init__(self, pairs_set, transform):
+        self.pairs_set, self.transform = pairs_set, transform
+
+    @property
+    def num_query(self):
+        return len(self.pairs_set.pairs)
+
+    def __len__(self):
+        return len(self.pairs_set.pairs) + len(self.pairs_set.image_paths)
+
+    def __getitem__(self, index):
+        if index < self.num_query:
+            return {"indices": index,
+                    "tokens": self.pairs_set.tokenizer(self.pairs_set.pairs[index][1])}
+        path = self.pairs_set.image_paths[index - self.num_query]
+        return {"indices": index, "images": self.transform(read_image(path))}
 
 
 class TextImageEvalSet(Dataset):
@@ -109,6 +144,61 @@ class EpochPairSampler(Sampler):
         return self.per_rank
 
 
+class PseudoIdentitySampler(EpochPairSampler):
+    """P x K batches over image pseudo labels: each batch takes P labels and K pairs of each
+    (with repetition when a cluster is smaller than K). Outlier pairs (label -1) are dropped or
+    each made a singleton group (`outliers`). With fewer groups than P, it falls back to the
+    shuffled pass of EpochPairSampler and says so. Same batches on every rank, each rank taking its
+    share of each batch; the epoch has as many batches as the shuffled pass."""
+
+    def __init__(self, size, batch_size_per_rank, num_instances, outliers="singleton", seed=0):
+        super().__init__(size, batch_size_per_rank, seed)
+        self.batch_size_per_rank, self.k = batch_size_per_rank, num_instances
+        self.outliers = outliers
+        self.labels = None
+
+    def set_labels(self, image_labels):
+        """Per-pair image pseudo labels; None returns to shuffled batches."""
+        self.labels = None if image_labels is None else np.asarray(image_labels)
+
+    def _groups(self):
+        labels = self.labels
+        order = np.argsort(labels, kind="stable")
+        sorted_labels = labels[order]
+        starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+        groups = [g for g in np.split(order, starts[1:]) if labels[g[0]] >= 0]
+        if self.outliers == "singleton":
+            groups += [np.array([i]) for i in np.flatnonzero(labels < 0)]
+        return groups
+
+    def __iter__(self):
+        if self.labels is None:
+            yield from super().__iter__()
+            return
+        groups = self._groups()
+        batch = self.batch_size_per_rank * self.world
+        p = batch // self.k
+        if len(groups) < p:
+            logger.warning(f"Only {len(groups)} pseudo identities for P = {p} per batch: this epoch "
+                           f"uses shuffled batches instead of P x K.")
+            yield from super().__iter__()
+            return
+        rng = np.random.default_rng([self.seed, self.epoch])
+        num_batches = self.per_rank // self.batch_size_per_rank
+        queue = []
+        lo = self.rank * self.batch_size_per_rank
+        for _ in range(num_batches):
+            if len(queue) < p:
+                queue.extend(rng.permutation(len(groups)).tolist())
+            chosen, queue = queue[:p], queue[p:]
+            items = []
+            for g in chosen:
+                members = groups[g]
+                pick = rng.choice(members, self.k, replace=len(members) < self.k)
+                items.extend(pick.tolist())
+            yield from items[lo:lo + self.batch_size_per_rank]
+
+
 class KindAwareBatchSampler(Sampler):
     """Batches over this rank's contiguous share of an eval set that never mix captions and images."""
 
@@ -159,9 +249,18 @@ def build_text_image_train_loader(cfg):
     batch_per_rank = check_batch_split(cfg, comm.get_world_size())
     # The order must agree across ranks: a negative SEED draws one seed shared by all of them.
     seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
-    sampler = EpochPairSampler(len(train_set), batch_per_rank, seed=seed)
+    sampler = PseudoIdentitySampler(len(train_set), batch_per_rank, cfg.PSEUDO.NUM_INSTANCES,
+                                    cfg.PSEUDO.OUTLIERS, seed=seed)
     batch_sampler = torch.utils.data.BatchSampler(sampler, batch_per_rank, drop_last=True)
     return _loader(cfg, train_set, batch_sampler)
+
+
+def build_feature_loader(cfg, pairs_set):
+    """(loader, number of captions) over the training captions then images, test transforms."""
+    feature_set = TrainFeatureSet(pairs_set, build_transforms(cfg, is_train=False))
+    batch_sampler = KindAwareBatchSampler(len(feature_set), feature_set.num_query,
+                                          max(1, cfg.PSEUDO.BATCH_SIZE // comm.get_world_size()))
+    return _loader(cfg, feature_set, batch_sampler), feature_set.num_query
 
 
 def build_text_image_test_loader(cfg, dataset_name, split="test"):

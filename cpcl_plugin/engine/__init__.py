@@ -1,1 +1,2 @@
+from .pseudo_labels import PseudoLabelHook
 from .trainer import AtomicCheckpointer, CPCLTrainer, parameter_digest

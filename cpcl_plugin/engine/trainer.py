@@ -6,7 +6,9 @@ What differs, and why:
   checkpoints are written atomically; no ``num_classes`` auto-scaling (there are no classes).
 - `build_optimizer`: FastReID's parameter groups (``heads`` get SOLVER.HEADS_LR_FACTOR) without
   ContiguousParams, whose buffers stop updating on torch >= 2.
-- `run_step`: draws from the epoch iterator; the rest is SimpleTrainer's step.
+- `run_step`: draws from the epoch iterator; SimpleTrainer's step, then the prototype memory's
+  momentum update.
+- `build_hooks`: the PseudoLabelHook first (pseudo labels, memory and sampler before each epoch).
 - `build_evaluator`: the text-to-image evaluator; `build_hooks`: FastReID's hooks with a
   configurable log period and the optional evaluation before training.
 - `resume_or_load`: resuming a finished run says so instead of failing in a hook.
@@ -29,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..config import ConfigError, check_schedule
 from ..data.build import build_text_image_test_loader, build_text_image_train_loader
 from ..evaluation.t2i_evaluation import TextImageEvaluator
+from .pseudo_labels import PseudoLabelHook, unwrap
 
 __all__ = ["CPCLTrainer", "AtomicCheckpointer", "parameter_digest"]
 
@@ -100,9 +103,13 @@ class CPCLTrainer(DefaultTrainer):
         self.iters_per_epoch = len(data_loader.batch_sampler)
         check_schedule(cfg, self.iters_per_epoch)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer, self.iters_per_epoch)
+        # The pseudo labels and the prototype memory are saved with every checkpoint.
+        self.pseudo_label_hook = PseudoLabelHook(cfg)
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR,
                                                save_to_disk=comm.is_main_process(),
-                                               optimizer=optimizer, **self.scheduler)
+                                               optimizer=optimizer,
+                                               pseudo_labels=self.pseudo_label_hook,
+                                               **self.scheduler)
         self.start_epoch = 0
         self.max_epoch = cfg.SOLVER.MAX_EPOCH
         self.max_iter = self.max_epoch * self.iters_per_epoch
@@ -143,7 +150,8 @@ class CPCLTrainer(DefaultTrainer):
             self._last_eval_results = self.test(cfg, self.model)
             return self._last_eval_results
 
-        ret = [hooks.IterationTimer(), hooks.LRScheduler(self.optimizer, self.scheduler)]
+        ret = [self.pseudo_label_hook, hooks.IterationTimer(),
+               hooks.LRScheduler(self.optimizer, self.scheduler)]
         if cfg.TEST.EVAL_BEFORE_TRAIN:
             ret.append(EvalBeforeTrain())
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
@@ -178,6 +186,8 @@ class CPCLTrainer(DefaultTrainer):
         losses.backward()
         SimpleTrainer._write_metrics(self, loss_dict, data_time)
         self.optimizer.step()
+        # After the step, as in cluster-contrast: the memory moves towards this batch's features.
+        unwrap(self.model).memory.commit(self.cfg.MODEL.CPCL.MEMORY_MOMENTUM)
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)

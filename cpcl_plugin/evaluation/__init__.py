@@ -1,1 +1,1 @@
-from .t2i_evaluation import TextImageEvaluator, t2i_metrics
+from .t2i_evaluation import FeatureCollector, TextImageEvaluator, gather_in_index_order, t2i_metrics

@@ -16,7 +16,7 @@ import torch
 from fastreid.evaluation.evaluator import DatasetEvaluator
 from fastreid.utils import comm
 
-__all__ = ["t2i_metrics", "TextImageEvaluator"]
+__all__ = ["t2i_metrics", "TextImageEvaluator", "FeatureCollector", "gather_in_index_order"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,38 @@ def t2i_metrics(similarity, query_pids, gallery_pids, ks=(1, 5, 10), chunk=1024)
     return out
 
 
+def gather_in_index_order(predictions, all_ranks=False):
+    """Concatenate {"indices", "feats", ...} records of every rank, sorted by dataset index.
+
+    Returns a dict of concatenated tensors, on rank 0 only (None elsewhere) unless `all_ranks`.
+    """
+    if comm.get_world_size() > 1:
+        comm.synchronize()
+        gathered = comm.all_gather(predictions) if all_ranks else comm.gather(predictions, dst=0)
+        if not gathered:
+            return None
+        predictions = list(itertools.chain(*gathered))
+    keys = predictions[0].keys()
+    merged = {k: torch.cat([p[k] for p in predictions]) for k in keys}
+    order = torch.as_tensor(np.argsort(merged["indices"].numpy(), kind="stable"))
+    return {k: v[order] for k, v in merged.items()}
+
+
+class FeatureCollector(DatasetEvaluator):
+    """Collects features from `inference_on_dataset` and returns them, on every rank, as one
+    tensor in dataset-index order (never in loader order)."""
+
+    def reset(self):
+        self._predictions = []
+
+    def process(self, inputs, outputs):
+        self._predictions.append({"indices": torch.as_tensor(inputs["indices"]).cpu(),
+                                  "feats": outputs.float().cpu()})
+
+    def evaluate(self):
+        return gather_in_index_order(self._predictions, all_ranks=True)
+
+
 class TextImageEvaluator(DatasetEvaluator):
     """Collects caption and image features from `inference_on_dataset` (all ranks), then reports
     Rank-1/5/10, mAP, mINP and FastReID's ``metric`` ((mAP + Rank-1) / 2, used by its
@@ -91,16 +123,10 @@ class TextImageEvaluator(DatasetEvaluator):
                                   "pids": torch.as_tensor(inputs["targets"]).cpu()})
 
     def evaluate(self):
-        predictions = self._predictions
-        if comm.get_world_size() > 1:
-            comm.synchronize()
-            predictions = list(itertools.chain(*comm.gather(predictions, dst=0)))
-            if not comm.is_main_process():
-                return {}
-        indices = torch.cat([p["indices"] for p in predictions]).numpy()
-        order = np.argsort(indices, kind="stable")
-        feats = torch.cat([p["feats"] for p in predictions])[order]
-        pids = torch.cat([p["pids"] for p in predictions]).numpy()[order]
+        merged = gather_in_index_order(self._predictions)
+        if merged is None or not comm.is_main_process():
+            return {}
+        feats, pids = merged["feats"], merged["pids"].numpy()
         nq = self._num_query
         similarity = (feats[:nq] @ feats[nq:].t()).numpy()
         m = t2i_metrics(similarity, pids[:nq], pids[nq:])

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-__all__ = ["itc_loss"]
+__all__ = ["itc_loss", "sdm_loss", "intra_prototype_loss", "cross_prototype_loss"]
 
 
 def itc_loss(image_features, text_features, logit_scale, image_ids=None):
@@ -24,3 +24,46 @@ def itc_loss(image_features, text_features, logit_scale, image_ids=None):
     loss_i2t = -(F.log_softmax(logits, dim=1) * target).sum(dim=1).mean()
     loss_t2i = -(F.log_softmax(logits.t(), dim=1) * target).sum(dim=1).mean()
     return (loss_i2t + loss_t2i) / 2
+
+
+def sdm_loss(image_features, text_features, logit_scale, labels, epsilon=1e-8):
+    """Similarity distribution matching (IRRA): KL from the softmax over image-text similarities
+    to the label-equality distribution, both directions. `labels` are pseudo labels (-1 matches
+    only its own pair)."""
+    n = len(labels)
+    own = torch.arange(n, device=labels.device)
+    key = torch.where(labels >= 0, labels, -1 - own)  # each outlier is its own identity
+    target = (key[:, None] == key[None, :]).to(image_features.dtype)
+    target = target / target.sum(dim=1, keepdim=True)
+    logits = logit_scale * image_features @ text_features.t()
+    loss = 0.0
+    for lg in (logits, logits.t()):
+        p = F.softmax(lg, dim=1)
+        loss = loss + (p * (F.log_softmax(lg, dim=1) - torch.log(target + epsilon))).sum(1).mean()
+    return loss / 2
+
+
+def intra_prototype_loss(features, prototypes, labels, temperature):
+    """CE(f . P^T / tau, y) over the samples with a label (>= 0); 0 when there are none."""
+    ok = labels >= 0
+    if not ok.any() or prototypes.shape[0] == 0:
+        return features.sum() * 0.0
+    logits = features[ok] @ prototypes.t() / temperature
+    return F.cross_entropy(logits, labels[ok])
+
+
+def cross_prototype_loss(features, other_prototypes, labels, cooccurrence, temperature):
+    """Many-to-many cross-modal prototype loss: -log of the softmax mass (over the other modality's
+    prototypes) that falls on the prototypes co-occurring with the sample's own label.
+
+    `cooccurrence` is (K_own, K_other) boolean; samples without a label, or whose label co-occurs
+    with nothing, are left out; 0 when none is left.
+    """
+    ok = labels >= 0
+    if ok.any():
+        ok = ok & cooccurrence[labels.clamp(min=0)].any(dim=1)
+    if not ok.any() or other_prototypes.shape[0] == 0:
+        return features.sum() * 0.0
+    log_p = F.log_softmax(features[ok] @ other_prototypes.t() / temperature, dim=1)
+    mask = cooccurrence[labels[ok]]
+    return -torch.logsumexp(log_p.masked_fill(~mask, float("-inf")), dim=1).mean()

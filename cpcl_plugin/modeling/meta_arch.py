@@ -8,7 +8,8 @@ from torch import nn
 
 from .encoders import (ImageEmbeddingHead, build_text_encoder, clip_image_size,
                        feature_map_channels, normalize)
-from .losses import itc_loss
+from .losses import cross_prototype_loss, intra_prototype_loss, itc_loss, sdm_loss
+from .memory import PrototypeMemory
 
 __all__ = ["CPCL"]
 
@@ -41,7 +42,12 @@ class CPCL(nn.Module):
             self.log_logit_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_logit_scale", log_scale)
-        self.itc_weight = cfg.MODEL.CPCL.ITC_WEIGHT
+        c = cfg.MODEL.CPCL
+        self.itc_weight, self.sdm_weight = c.ITC_WEIGHT, c.SDM_WEIGHT
+        self.intra_weight, self.cross_weight = c.INTRA_WEIGHT, c.CROSS_WEIGHT
+        self.proto_temperature = c.PROTO_TEMPERATURE
+        # Prototypes of the current pseudo identities (filled by the PseudoLabelHook).
+        self.memory = PrototypeMemory()
 
         self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(1, -1, 1, 1),
                              persistent=False)
@@ -77,8 +83,35 @@ class CPCL(nn.Module):
         image_features = self.encode_image(batch["images"])
         text_features = self.encode_text(batch["tokens"])
         image_ids = batch["image_ids"].to(self.device)
-        return self.losses(image_features, text_features, image_ids)
+        if "image_labels" not in batch or not self.memory.ready:
+            return self.instance_losses(image_features, text_features, image_ids)
+        a = batch["image_labels"].to(self.device)
+        b = batch["text_labels"].to(self.device)
+        self.memory.stage(image_features, text_features, a, b)
+        losses = self.instance_losses(image_features, text_features, image_ids, a)
+        losses.update(self.prototype_losses(image_features, text_features, a, b))
+        return losses
 
-    def losses(self, image_features, text_features, image_ids):
-        return {"loss_itc": self.itc_weight * itc_loss(image_features, text_features,
-                                                        self.logit_scale, image_ids)}
+    def instance_losses(self, image_features, text_features, image_ids, image_labels=None):
+        losses = {"loss_itc": self.itc_weight * itc_loss(image_features, text_features,
+                                                          self.logit_scale, image_ids)}
+        if self.sdm_weight > 0 and image_labels is not None:
+            losses["loss_sdm"] = self.sdm_weight * sdm_loss(image_features, text_features,
+                                                            self.logit_scale, image_labels)
+        return losses
+
+    def prototype_losses(self, image_features, text_features, image_labels, text_labels):
+        """PMM intra-modal and HCM cross-modal prototype losses; labels -1 are left out."""
+        m, tau = self.memory, self.proto_temperature
+        losses = {}
+        if self.intra_weight > 0:
+            losses["loss_v2v"] = self.intra_weight * intra_prototype_loss(
+                image_features, m.image_prototypes, image_labels, tau)
+            losses["loss_t2t"] = self.intra_weight * intra_prototype_loss(
+                text_features, m.text_prototypes, text_labels, tau)
+        if self.cross_weight > 0:
+            losses["loss_v2t"] = self.cross_weight * cross_prototype_loss(
+                image_features, m.text_prototypes, image_labels, m.cooccurrence, tau)
+            losses["loss_t2v"] = self.cross_weight * cross_prototype_loss(
+                text_features, m.image_prototypes, text_labels, m.cooccurrence.t(), tau)
+        return losses

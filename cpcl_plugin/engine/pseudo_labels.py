@@ -1,0 +1,154 @@
+"""PseudoLabelHook: the per-epoch pseudo-label pass of CPCL.
+
+Before each epoch from PSEUDO.START_EPOCH: features of every unique training image and every
+caption, in eval mode with test transforms, in dataset-index order -> clustering per modality (rank
+0) -> OPLM -> labels sent to every rank -> prototype memory rebuilt -> labels handed to the training
+set and the P x K sampler. The model is back in train mode afterwards (inference_on_dataset).
+
+Training never reads identity labels. The one place that does is `_monitoring_identities`, used
+only to log how good the pseudo labels are, clearly apart from everything that trains.
+"""
+import hashlib
+import logging
+import time
+
+import numpy as np
+import torch
+from fastreid.engine.train_loop import HookBase
+from fastreid.evaluation import inference_on_dataset
+from fastreid.utils import comm
+from torch.nn.parallel import DistributedDataParallel
+
+from ..clustering import cluster, cooccurrence, mine_outliers, prototypes, pseudo_label_quality
+from ..data.build import build_feature_loader, flatten_pairs
+from ..data.datasets import build_dataset
+from ..evaluation.t2i_evaluation import FeatureCollector
+
+__all__ = ["PseudoLabelHook", "unwrap"]
+
+logger = logging.getLogger(__name__)
+
+
+def unwrap(model):
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _digest(*arrays):
+    h = hashlib.sha1()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:12]
+
+
+class PseudoLabelHook(HookBase):
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.image_labels = self.text_labels = None  # per unique image / per caption
+        self._true_ids = None
+
+    # -- the per-epoch pass ---------------------------------------------------------------------
+    def before_epoch(self):
+        trainer, cfg = self.trainer, self.cfg
+        train_set = trainer.data_loader.dataset
+        sampler = trainer.data_loader.batch_sampler.sampler
+        memory = unwrap(trainer.model).memory
+        if not cfg.PSEUDO.ENABLED or trainer.epoch < cfg.PSEUDO.START_EPOCH:
+            train_set.set_pseudo_labels(None, None)
+            sampler.set_labels(None)
+            return
+        start = time.perf_counter()
+        loader, num_captions = build_feature_loader(cfg, train_set)
+        feats = inference_on_dataset(trainer.model, loader, FeatureCollector())["feats"].numpy()
+        text_f, image_f = feats[:num_captions], feats[num_captions:]
+        labels = self._cluster(image_f, text_f, train_set.pair_image) \
+            if comm.is_main_process() else None
+        if comm.get_world_size() > 1:
+            labels = comm.all_gather(labels)[0]
+        self.image_labels, self.text_labels, stats = labels
+        self._apply(memory, train_set, sampler, image_f, text_f)
+        stats["seconds"] = time.perf_counter() - start
+        self._report(stats, train_set)
+
+    def _cluster(self, image_f, text_f, pair_image):
+        p = self.cfg.PSEUDO
+        kwargs = dict(eps=p.EPS, min_samples=p.MIN_SAMPLES, k1=p.K1, k2=p.K2)
+        y_v, y_t = cluster(image_f, **kwargs), cluster(text_f, **kwargs)
+        stats = {"image_clusters": int(y_v.max(initial=-1) + 1), "image_outliers": int((y_v < 0).sum()),
+                 "text_clusters": int(y_t.max(initial=-1) + 1), "text_outliers": int((y_t < 0).sum()),
+                 "image_recovered": 0, "text_recovered": 0}
+        if p.OPLM.ENABLED:
+            y_v, y_t, recovered = mine_outliers(y_v, y_t, pair_image, image_f, text_f,
+                                                p.OPLM.THRESHOLD)
+            stats.update(recovered)
+        return y_v, y_t, stats
+
+    def _apply(self, memory, train_set, sampler, image_f, text_f):
+        """Memory, training set and sampler take the current labels (identically on every rank)."""
+        y_v, y_t = self.image_labels, self.text_labels
+        kv, kt = int(y_v.max(initial=-1) + 1), int(y_t.max(initial=-1) + 1)
+        pair_a = y_v[train_set.pair_image]
+        if kv and kt:
+            memory.rebuild(prototypes(image_f, y_v, kv), prototypes(text_f, y_t, kt),
+                           cooccurrence(pair_a, y_t, kv, kt))
+        else:
+            memory.rebuild(np.zeros((0, 0)), np.zeros((0, 0)), np.zeros((0, 0)))
+        train_set.set_pseudo_labels(pair_a, y_t)
+        sampler.set_labels(pair_a)
+
+    # -- reporting ------------------------------------------------------------------------------
+    def _monitoring_identities(self, train_set):
+        """MONITORING ONLY: identity labels of the training images and captions, read from the
+        dataset files, in training-set order. Never passed to anything that trains."""
+        if self._true_ids is None:
+            records = [r for name in self.cfg.DATASETS.NAMES
+                       for r in build_dataset(self.cfg, name).split("train")]
+            image_ids = np.array([r.pid for r in records])
+            caption_ids = image_ids[[i for i, _ in flatten_pairs(records)]]
+            self._true_ids = (image_ids, caption_ids)
+        return self._true_ids
+
+    def _report(self, stats, train_set):
+        epoch = self.trainer.epoch
+        logger.info(f"Pseudo-label digest (rank {comm.get_rank()}, epoch {epoch}): "
+                    f"{_digest(self.image_labels, self.text_labels)} memory "
+                    f"{_digest(*[t.numpy() for t in unwrap(self.trainer.model).memory.export_state().values()])}")
+        if not comm.is_main_process():
+            return
+        line = (f"Epoch {epoch} pseudo labels ({stats['seconds']:.1f} s): images "
+                f"{stats['image_clusters']} clusters, {stats['image_outliers']} outliers; captions "
+                f"{stats['text_clusters']} clusters, {stats['text_outliers']} outliers; OPLM "
+                f"recovered {stats['image_recovered']} images, {stats['text_recovered']} captions")
+        scalars = {f"pseudo/{k}": float(v) for k, v in stats.items()}
+        image_ids, caption_ids = self._monitoring_identities(train_set)
+        for name, pred, true in (("image", self.image_labels, image_ids),
+                                 ("text", self.text_labels, caption_ids)):
+            q = pseudo_label_quality(pred, true)
+            line += (f"\n  [monitoring, identity labels] {name} labels: pairwise precision "
+                     f"{100 * q['precision']:.1f}%, recall {100 * q['recall']:.1f}%, "
+                     f"ARI {q['ari']:.3f}")
+            scalars.update({f"pseudo_quality/{name}_{k}": float(v) for k, v in q.items()})
+        if stats["image_clusters"] == 0 or stats["text_clusters"] == 0:
+            line += "\n  A modality has no cluster: this epoch trains the instance loss only."
+        elif stats["image_clusters"] == 1 and stats["text_clusters"] == 1:
+            line += "\n  Everything fell into one cluster: the prototype losses carry no signal."
+        logger.info(line)
+        self.trainer.storage.put_scalars(**scalars, smoothing_hint=False)
+
+    # -- checkpointing (FastReID's Checkpointer calls these) ---------------------------------------
+    def state_dict(self):
+        state = {"memory": unwrap(self.trainer.model).memory.export_state()} \
+            if hasattr(self, "trainer") else {}
+        if self.image_labels is not None:  # tensors, so that torch.load(weights_only) reads them
+            state.update(image_labels=torch.from_numpy(self.image_labels),
+                         text_labels=torch.from_numpy(self.text_labels))
+        return state
+
+    def load_state_dict(self, state):
+        """Restores the labels and memory of the checkpointed epoch; the next epoch's pass
+        recomputes them from the restored model, as the uninterrupted run did."""
+        if "image_labels" in state:
+            self.image_labels = state["image_labels"].numpy()
+            self.text_labels = state["text_labels"].numpy()
+        if "memory" in state:
+            unwrap(self.trainer.model).memory.import_state(state["memory"])

@@ -84,6 +84,11 @@ def test_two_gloo_ranks_end_with_identical_parameters(data_root, tmp_path):
     assert "World size: 2" in log0 and "World size: 2" in log1
     d0, d1 = _digests(log0), _digests(log1)
     assert d0["0"] == d1["1"], (d0, d1)
+    # Same pseudo labels and memory on both ranks, after clustering and after the momentum updates.
+    for pattern in (r"Pseudo-label digest \(rank \d, epoch 0\): (.*)",
+                    r"Memory digest after epoch 0 \(rank \d\): (.*)"):
+        m0, m1 = re.findall(pattern, log0), re.findall(pattern, log1)
+        assert m0 and m0 == m1, (pattern, m0, m1)
     # Evaluation split over two ranks and gathered equals one process evaluating the same model.
     single = run_train_net("--config-file", TINY, "--eval-only", "DATASETS.ROOT", data_root,
                            "OUTPUT_DIR", str(out / "eval1"), "MODEL.WEIGHTS", str(out / "model_final.pth"))

@@ -96,6 +96,12 @@ class PseudoLabelHook(HookBase):
         train_set.set_pseudo_labels(pair_a, y_t)
         sampler.set_labels(pair_a)
 
+    def after_epoch(self):
+        memory = unwrap(self.trainer.model).memory
+        if memory.ready:  # after the epoch's momentum updates; equal on every rank
+            logger.info(f"Memory digest after epoch {self.trainer.epoch} (rank {comm.get_rank()}): "
+                        f"{_digest(*[t.numpy() for t in memory.export_state().values()])}")
+
     # -- reporting ------------------------------------------------------------------------------
     def _monitoring_identities(self, train_set):
         """MONITORING ONLY: identity labels of the training images and captions, read from the

@@ -1,0 +1,211 @@
+"""OPLM, the prototype memory, the HCM losses, the P x K sampler and the pseudo-label pass."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cpcl_plugin import CPCLTrainer
+from cpcl_plugin.clustering import cooccurrence, mine_outliers, pseudo_label_quality
+from cpcl_plugin.data import PseudoIdentitySampler
+from cpcl_plugin.modeling import (cross_prototype_loss, intra_prototype_loss, momentum_update,
+                                  sdm_loss)
+
+
+def unit(*rows):
+    x = np.array(rows, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+# ---- OPLM ----------------------------------------------------------------------------------------
+def oplm_case():
+    # 4 images, one caption each. Image 3 is an image outlier whose caption is in text cluster 1;
+    # caption 2 is a text outlier whose image is in image cluster 1.
+    image_labels = np.array([0, 0, 1, -1])
+    text_labels = np.array([0, 1, -1, 1])
+    pair_image = np.arange(4)
+    image_f = unit([1, 0], [1, 0.1], [0, 1], [0.2, 1])
+    text_f = unit([1, 0], [0, 1], [0.1, 1], [0, 1])
+    return image_labels, text_labels, pair_image, image_f, text_f
+
+
+def test_oplm_recovers_through_the_paired_modality():
+    y_v, y_t, stats = mine_outliers(*oplm_case(), threshold=0.5)
+    # Image 3's caption has text label 1, which co-occurs with image labels {0} (pair 1) only...
+    assert cooccurrence([0, 0, 1, -1], [0, 1, -1, 1], 2, 2).tolist() == [[1, 1], [0, 0]]
+    # ... so its only candidate is image cluster 0, whose prototype is far: cos < 0.5, stays -1.
+    assert y_v.tolist() == [0, 0, 1, -1]
+    # Caption 2's image is in image cluster 1, which co-occurs with no text label: stays -1.
+    assert y_t.tolist() == [0, 1, -1, 1]
+    assert stats == {"image_recovered": 0, "text_recovered": 0}
+
+
+def test_oplm_assigns_the_closest_cooccurring_prototype_above_threshold():
+    image_labels = np.array([0, 1, -1, 0, 1])
+    text_labels = np.array([0, 1, 1, -1, 0])  # pair 4 links image cluster 1 with text cluster 0
+    pair_image = np.arange(5)
+    image_f = unit([1, 0], [0, 1], [0.1, 1], [1, 0.1], [0, 1])
+    text_f = unit([1, 0], [0, 1], [0, 1], [1, 0.05], [1, 0])
+    y_v, y_t, stats = mine_outliers(image_labels, text_labels, pair_image, image_f, text_f, 0.5)
+    assert y_v[2] == 1  # caption label 1 co-occurs with image cluster 1; cos ~ 0.99
+    assert y_t[3] == 0  # image cluster 0 co-occurs with text cluster 0 only
+    assert stats == {"image_recovered": 1, "text_recovered": 1}
+    # A threshold above every cosine recovers nothing.
+    y_v, y_t, stats = mine_outliers(image_labels, text_labels, pair_image, image_f, text_f, 1.01)
+    assert y_v[2] == -1 and y_t[3] == -1
+
+
+def test_oplm_leaves_double_outliers_alone():
+    y_v, y_t, _ = mine_outliers(np.array([0, 0, -1]), np.array([0, 0, -1]), np.arange(3),
+                                unit([1, 0], [1, 0], [1, 0]), unit([1, 0], [1, 0], [1, 0]), 0.0)
+    assert y_v[2] == -1 and y_t[2] == -1
+
+
+def test_pseudo_label_quality_monitoring():
+    q = pseudo_label_quality(np.array([0, 0, 1, 1, -1]), np.array([5, 5, 5, 6, 6]))
+    assert q["precision"] == pytest.approx(1 / 2)  # same-pseudo pairs (0,1), (2,3): one correct
+    assert q["recall"] == pytest.approx(1 / 4)     # same-id pairs (0,1),(0,2),(1,2),(3,4)
+    assert pseudo_label_quality(np.array([3, 3, 7]), np.array([1, 1, 2]))["ari"] == pytest.approx(1.0)
+
+
+# ---- memory and losses ----------------------------------------------------------------------------
+def test_memory_update_formula():
+    P = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    f = torch.tensor([[0.0, 1.0], [0.6, 0.8], [1.0, 0.0]])
+    momentum_update(P, f, torch.tensor([0, 0, -1]), momentum=0.2)
+    first = F.normalize(0.2 * torch.tensor([1.0, 0.0]) + 0.8 * f[0], dim=0)
+    second = F.normalize(0.2 * first + 0.8 * f[1], dim=0)  # one sample after the other
+    assert torch.allclose(P[0], second) and torch.equal(P[1], torch.tensor([0.0, 1.0]))
+
+
+def test_intra_prototype_loss_hand_computed():
+    f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    P = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    loss = intra_prototype_loss(f, P, torch.tensor([0, 0, -1]), temperature=0.5)
+    l0 = -np.log(np.exp(2) / (np.exp(2) + np.exp(0)))
+    l1 = -np.log(np.exp(0) / (np.exp(0) + np.exp(2)))
+    assert loss.item() == pytest.approx((l0 + l1) / 2, rel=1e-5)
+    assert intra_prototype_loss(f, P, torch.tensor([-1, -1, -1]), 0.5).item() == 0.0
+
+
+def test_cross_prototype_loss_counts_every_cooccurring_prototype():
+    f = torch.tensor([[1.0, 0.0]])
+    P_other = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    A = torch.tensor([[True, True, False]])  # own label 0 co-occurs with other labels 0 and 1
+    loss = cross_prototype_loss(f, P_other, torch.tensor([0]), A, temperature=1.0)
+    e = np.exp([1.0, 0.0, -1.0])
+    assert loss.item() == pytest.approx(-np.log((e[0] + e[1]) / e.sum()), rel=1e-5)
+    nothing = torch.tensor([[False, False, False]])
+    assert cross_prototype_loss(f, P_other, torch.tensor([0]), nothing, 1.0).item() == 0.0
+
+
+def test_sdm_loss_is_zero_for_a_perfect_match_of_distinct_labels():
+    f = torch.eye(3)
+    assert sdm_loss(f, f, 100.0, torch.tensor([0, 1, -1])).item() == pytest.approx(0.0, abs=1e-4)
+    assert sdm_loss(f, f, 100.0, torch.tensor([0, 0, 1])).item() > 0.1  # pairs 0, 1 share a label
+
+
+# ---- sampler --------------------------------------------------------------------------------------
+def test_pk_sampler_batches_and_fallback():
+    labels = np.repeat(np.arange(10), 6)  # 10 clusters of 6 pairs
+    labels[:3] = -1
+    s = PseudoIdentitySampler(len(labels), batch_size_per_rank=8, num_instances=4, seed=0)
+    s.set_labels(labels)
+    items = list(s)
+    assert len(items) == len(s) == (60 // 8) * 8
+    for b in range(0, len(items), 8):
+        batch = labels[items[b:b + 8]]
+        groups = [batch[i:i + 4] for i in (0, 4)]
+        # each group of K is one cluster (or repeats one singleton outlier)
+        assert all(len(set(g.tolist())) == 1 for g in groups)
+    s.set_labels(np.full(60, -1))
+    s_drop = PseudoIdentitySampler(60, 8, 4, outliers="drop")
+    s_drop.set_labels(np.full(60, -1))
+    assert sorted(list(s_drop)) == sorted(set(list(s_drop)))  # shuffled fallback, no hang
+    assert len(list(s_drop)) == 56
+
+
+# ---- the pseudo-label pass ----------------------------------------------------------------------
+def test_features_are_aligned_with_samples(tiny_cfg):
+    """The pass must key features by dataset index: a shuffled or sharded loader whose order were
+    trusted would attach labels to the wrong samples."""
+    from fastreid.evaluation import inference_on_dataset
+    from cpcl_plugin.data import build_feature_loader
+    from cpcl_plugin.data.datasets import build_dataset
+    from cpcl_plugin.evaluation import FeatureCollector
+    from fastreid.data.data_utils import read_image
+    from fastreid.data.transforms import build_transforms
+
+    cfg = tiny_cfg("PSEUDO.BATCH_SIZE", "5")
+    trainer = CPCLTrainer(cfg)
+    train_set = trainer.data_loader.dataset
+    loader, nq = build_feature_loader(cfg, train_set)
+    # Batches arrive in reverse order, as from a loader that does not keep dataset order.
+    reversed_loader = list(loader)[::-1]
+    feats = inference_on_dataset(trainer.model, _Listed(reversed_loader), FeatureCollector())["feats"]
+    model = trainer.model.eval()
+    tf = build_transforms(cfg, is_train=False)
+    with torch.no_grad():
+        for c in (0, 7, nq - 1):
+            want = model.encode_text(train_set.tokenizer(train_set.pairs[c][1])[None])[0]
+            assert torch.allclose(feats[c], want, atol=1e-5)
+        for i in (0, 5):
+            img = tf(read_image(train_set.image_paths[i]))[None]
+            assert torch.allclose(feats[nq + i], model.encode_image(img)[0], atol=1e-5)
+
+
+class _Listed(list):
+    @property
+    def dataset(self):
+        return range(sum(len(b["indices"]) for b in self))
+
+
+def test_training_ignores_identity_labels(tiny_cfg, monkeypatch):
+    """Shuffling every identity label of the dataset changes nothing that training computes."""
+    from cpcl_plugin.data import datasets
+    from cpcl_plugin.engine.trainer import parameter_digest
+    from fastreid.utils.env import seed_all_rng
+    from fastreid.utils.events import EventStorage
+
+    def train_two_epochs():
+        seed_all_rng(0)
+        trainer = CPCLTrainer(tiny_cfg("PSEUDO.START_EPOCH", "0", "PSEUDO.EPS", "0.9",
+                                       "PSEUDO.MIN_SAMPLES", "2"))
+        with EventStorage(0) as trainer.storage:
+            for trainer.epoch in range(2):
+                trainer.iter = trainer.epoch * trainer.iters_per_epoch
+                trainer.pseudo_label_hook.trainer = trainer
+                trainer.pseudo_label_hook.before_epoch()
+                for _ in range(trainer.iters_per_epoch):
+                    trainer.run_step()
+                trainer._epoch_iter = None
+        return parameter_digest(trainer.model), trainer.pseudo_label_hook.image_labels
+
+    digest, labels = train_two_epochs()
+    real_load = datasets.TextImageDataset._load
+
+    def shuffled_ids(self, path):
+        records = real_load(self, path)
+        rng = np.random.default_rng(1)
+        return {s: [r._replace(pid=int(rng.integers(10 ** 6))) for r in recs]
+                for s, recs in records.items()}
+    monkeypatch.setattr(datasets.TextImageDataset, "_load", shuffled_ids)
+    digest2, labels2 = train_two_epochs()
+    assert digest == digest2 and np.array_equal(labels, labels2)
+
+
+@pytest.mark.parametrize("opts, expect_prototypes", [
+    (["PSEUDO.MIN_SAMPLES", "1000", "PSEUDO.OPLM.ENABLED", "False"], False),  # all outliers
+    (["PSEUDO.EPS", "0.999", "PSEUDO.MIN_SAMPLES", "1"], True),               # one big cluster
+])
+def test_degenerate_clusterings_keep_training(tiny_cfg, opts, expect_prototypes):
+    from fastreid.utils.events import EventStorage
+    trainer = CPCLTrainer(tiny_cfg(*opts))
+    with EventStorage(0) as trainer.storage:
+        trainer.epoch = trainer.iter = 0
+        trainer.pseudo_label_hook.trainer = trainer
+        trainer.pseudo_label_hook.before_epoch()
+        losses = trainer.model(trainer._next_batch())
+        trainer.run_step()
+    assert trainer.model.memory.ready == expect_prototypes
+    assert ("loss_v2v" in losses) == expect_prototypes
+    assert all(torch.isfinite(v) for v in losses.values())

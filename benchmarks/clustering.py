@@ -20,22 +20,13 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def make_features(n, d=512, per_identity=6, seed=0):
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(max(1, n // per_identity), d))
-    labels = rng.integers(0, len(centres), n)
-    noise = rng.normal(size=(n, d)) * rng.uniform(0.2, 1.2, (n, 1))
-    x = centres[labels] / np.sqrt(d) * 4 + noise / np.sqrt(d)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 def run_one(path, n, out):
     """In a child process: cluster N features with one path, save labels, print a JSON line."""
     sys.path.insert(0, REPO)
     import numpy as np
     import cpcl_plugin  # noqa: F401  (FastReID compat)
-    x = make_features(n)
+    from cpcl_plugin.clustering import clustered_features
+    x = clustered_features(n, d=512, per_identity=6)
     start = time.perf_counter()
     if path == "sparse":
         from cpcl_plugin.clustering import cluster

@@ -7,17 +7,11 @@ from sklearn.cluster import DBSCAN
 from sklearn.metrics import adjusted_rand_score
 
 from cpcl_plugin.clustering import cluster, jaccard_distance, knn, relabel_in_order
+from cpcl_plugin.clustering import clustered_features as make_features
 
 
-def clustered_features(n, d=64, cluster_size=6, seed=0):
-    """Unit vectors around n / cluster_size centres, with per-sample noise levels (some samples
-    far from their centre, as outliers are)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(max(1, n // cluster_size), d))
-    labels = rng.integers(0, len(centres), n)
-    noise = rng.normal(size=(n, d)) * rng.uniform(0.2, 1.2, (n, 1))
-    x = centres[labels] / np.sqrt(d) * 4 + noise / np.sqrt(d)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+def clustered_features(n, seed=0):
+    return make_features(n, d=64, per_identity=6, seed=seed)
 
 
 def dense_reference(x, k1=30, k2=6):

@@ -17,7 +17,7 @@ below 1) are stored. Arrays in, arrays out; no trainer state.
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["knn", "jaccard_distance", "cluster"]
+__all__ = ["knn", "jaccard_distance", "cluster", "relabel_in_order", "clustered_features"]
 
 def knn(features, k, block=2048):
     """Indices (N, k) of the k nearest neighbours of each row (itself first), by L2 distance.
@@ -256,3 +256,14 @@ def relabel_in_order(labels):
     rank[np.argsort(first, kind="stable")] = np.arange(len(first))
     out[mask] = rank[inverse]
     return out
+
+
+def clustered_features(n, d=512, per_identity=6, seed=0):
+    """Test and benchmark data: n unit vectors (d-dim) around n / per_identity identity centres,
+    each with its own noise level (the noisiest end up as outliers)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(max(1, n // per_identity), d))
+    labels = rng.integers(0, len(centres), n)
+    noise = rng.normal(size=(n, d)) * rng.uniform(0.2, 1.2, (n, 1))
+    x = centres[labels] / np.sqrt(d) * 4 + noise / np.sqrt(d)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)

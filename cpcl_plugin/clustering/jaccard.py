@@ -115,10 +115,10 @@ def _expand(ptr, owners):
     return pos + ptr[owners][which], which
 
 
-def _prefix_sums(V, prefix, block_rows):
+def _prefix_sums(V, prefix, block_rows=4096):
     """Sparse P[i, k] = sum over the prefix columns j of row i of min(V[i, j], V[k, j]), for every
     k with a nonzero in one of them: each prefix entry (i, j) meets every nonzero (k, j) of its
-    column, and the minima are summed in a dense (block x N) buffer (torch index_add_)."""
+    column, and equal (i, k) are summed after a sort (torch.unique), in blocks of rows."""
     import torch
 
     n = V.shape[0]
@@ -131,13 +131,13 @@ def _prefix_sums(V, prefix, block_rows):
         hi = min(n, lo + block_rows)
         entries = np.arange(V.indptr[lo], V.indptr[hi])[prefix[V.indptr[lo]:V.indptr[hi]]]
         pos, which = _expand(col_ptr, V.indices[entries].astype(np.int64))
-        acc = torch.zeros((hi - lo) * n, dtype=torch.float32)
-        acc.index_add_(0, torch.from_numpy((row_of[entries][which] - lo) * n + C.indices[pos]),
-                       torch.from_numpy(np.minimum(V.data[entries][which], C.data[pos])))
-        flat = torch.nonzero(acc).squeeze(1).numpy()
-        rows.append(flat // n + lo)
-        cols.append(flat % n)
-        vals.append(acc.numpy()[flat])
+        keys = torch.from_numpy(row_of[entries][which] * n + C.indices[pos])
+        pairs, slot = torch.unique(keys, return_inverse=True)
+        sums = torch.zeros(len(pairs)).index_add_(
+            0, slot, torch.from_numpy(np.minimum(V.data[entries][which], C.data[pos])))
+        rows.append((pairs // n).numpy())
+        cols.append((pairs % n).numpy())
+        vals.append(sums.numpy())
     return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                          shape=(n, n))
 
@@ -154,7 +154,7 @@ def _shared_mass(V, min_mass=0.0, block_rows=512):
     V.sort_indices()
     n = V.shape[0]
     prefix = _prefix_mask(V, min_mass)
-    partial = _prefix_sums(V, prefix, block_rows)
+    partial = _prefix_sums(V, prefix)
     if min_mass <= 0 or prefix.all():
         return partial  # the prefix is the whole row: the partial sums are exact
     row_of = np.repeat(np.arange(n), np.diff(V.indptr))

@@ -70,15 +70,16 @@ def main():
                 result[path] = json.loads(proc.stdout.strip().splitlines()[-1])
                 result[path]["labels"] = np.load(out)
             s, d = result["sparse"], result.get("dense")
-            ari = adjusted_rand_score(d["labels"], s["labels"]) if d else float("nan")
+            ari = adjusted_rand_score(d["labels"], s["labels"]) if d else None
             rows.append((n, d, s, ari))
     print("| N | dense s | dense peak GB | sparse s | sparse peak GB | speed-up | ARI | clusters | outliers |")
     print("|---|---|---|---|---|---|---|---|---|")
     for n, d, s, ari in rows:
         dense_cells = f"{d['seconds']:.1f} | {d['peak_gb']:.2f}" if d else "– | –"
         speedup = f"{d['seconds'] / s['seconds']:.1f}x" if d else "–"
+        ari_cell = f"{ari:.4f}" if d else "–"
         print(f"| {n:,} | {dense_cells} | {s['seconds']:.1f} | {s['peak_gb']:.2f} | {speedup} | "
-              f"{ari:.4f} | {s['clusters']} | {s['outliers']} |")
+              f"{ari_cell} | {s['clusters']} | {s['outliers']} |")
 
 
 if __name__ == "__main__":

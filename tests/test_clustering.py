@@ -62,6 +62,11 @@ def test_small_and_empty_inputs():
     assert cluster(np.zeros((0, 8), np.float32)).shape == (0,)
     labels = cluster(clustered_features(10, seed=5), k1=30)  # fewer samples than k1
     assert labels.shape == (10,)
+    # k2 larger than the k1 neighbours found: averaged over those that exist, as FastReID does.
+    x = clustered_features(60, seed=6)
+    dense = dense_reference(x, k1=4, k2=6)
+    sparse = jaccard_distance(x, k1=4, k2=6).tocoo()
+    assert np.abs(dense[sparse.row, sparse.col] - sparse.data).max() < 1e-5
 
 
 def test_relabel_in_order():

@@ -98,30 +98,71 @@ def test_cross_prototype_loss_counts_every_cooccurring_prototype():
     assert cross_prototype_loss(f, P_other, torch.tensor([0]), nothing, 1.0).item() == 0.0
 
 
+def test_cross_losses_use_the_cooccurrence_in_both_directions():
+    # 2 image clusters, 3 text clusters: image 0 ~ texts {0, 2}, image 1 ~ text {1}.
+    A = torch.tensor([[True, False, True], [False, True, False]])
+    P_img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    P_txt = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    f = torch.tensor([[0.8, 0.6]])
+    v2t = cross_prototype_loss(f, P_txt, torch.tensor([0]), A, 1.0)
+    e = np.exp([0.8, 0.6, 0.96])
+    assert v2t.item() == pytest.approx(-np.log((e[0] + e[2]) / e.sum()), rel=1e-5)
+    t2v = cross_prototype_loss(f, P_img, torch.tensor([2]), A.t(), 1.0)  # text 2 ~ image {0}
+    e = np.exp([0.8, 0.6])
+    assert t2v.item() == pytest.approx(-np.log(e[0] / e.sum()), rel=1e-5)
+
+
 def test_sdm_loss_is_zero_for_a_perfect_match_of_distinct_labels():
     f = torch.eye(3)
-    assert sdm_loss(f, f, 100.0, torch.tensor([0, 1, -1])).item() == pytest.approx(0.0, abs=1e-4)
-    assert sdm_loss(f, f, 100.0, torch.tensor([0, 0, 1])).item() > 0.1  # pairs 0, 1 share a label
+    ids = torch.arange(3)
+    assert sdm_loss(f, f, 100.0, torch.tensor([0, 1, -1]), ids).item() == pytest.approx(0.0, abs=1e-4)
+    assert sdm_loss(f, f, 100.0, torch.tensor([0, 0, 1]), ids).item() > 0.1  # 0 and 1 share a label
+    # Two pairs of one outlier image are positives of each other (as in ITC), not negatives.
+    same = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert sdm_loss(same, same, 100.0, torch.tensor([-1, -1]), torch.tensor([4, 4])).item() == \
+        pytest.approx(0.0, abs=1e-4)
 
 
 # ---- sampler --------------------------------------------------------------------------------------
 def test_pk_sampler_batches_and_fallback():
     labels = np.repeat(np.arange(10), 6)  # 10 clusters of 6 pairs
-    labels[:3] = -1
+    labels[:12] = -1                      # 12 outlier pairs (clusters 0 and 1 vanish)
     s = PseudoIdentitySampler(len(labels), batch_size_per_rank=8, num_instances=4, seed=0)
     s.set_labels(labels)
     items = list(s)
     assert len(items) == len(s) == (60 // 8) * 8
     for b in range(0, len(items), 8):
-        batch = labels[items[b:b + 8]]
-        groups = [batch[i:i + 4] for i in (0, 4)]
-        # each group of K is one cluster (or repeats one singleton outlier)
-        assert all(len(set(g.tolist())) == 1 for g in groups)
-    s.set_labels(np.full(60, -1))
-    s_drop = PseudoIdentitySampler(60, 8, 4, outliers="drop")
-    s_drop.set_labels(np.full(60, -1))
-    assert sorted(list(s_drop)) == sorted(set(list(s_drop)))  # shuffled fallback, no hang
-    assert len(list(s_drop)) == 56
+        batch = items[b:b + 8]
+        assert len(set(batch)) == 8  # clusters of 6 >= K and outlier groups: no repeats
+        groups = [labels[batch[i:i + 4]] for i in (0, 4)]
+        for g in groups:  # a group is one cluster, or K distinct outliers
+            assert len(set(g.tolist())) == 1
+        assert not (groups[0][0] == groups[1][0] >= 0)  # never the same cluster twice
+    # Outliers come as groups of K distinct pairs, in proportion to their number.
+    assert 0 < np.mean(labels[items] < 0) < 0.5
+
+    # Fewer clusters than P: shuffled batches (all distinct pairs), with "singleton" or "drop".
+    for mode in ("singleton", "drop"):
+        s = PseudoIdentitySampler(60, 8, 4, outliers=mode)
+        s.set_labels(np.full(60, -1))
+        items = list(s)
+        assert len(items) == 56 and len(set(items)) == 56
+
+
+def test_pk_sampler_gives_ranks_disjoint_shares(monkeypatch):
+    from fastreid.utils import comm
+    labels = np.repeat(np.arange(12), 5)
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setattr(comm, "get_rank", lambda r=rank: r)
+        monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+        s = PseudoIdentitySampler(len(labels), batch_size_per_rank=4, num_instances=4, seed=3)
+        s.set_labels(labels)
+        shares.append(list(s))
+    assert len(shares[0]) == len(shares[1])
+    for b in range(0, len(shares[0]), 4):  # batch b: rank 0 holds one cluster, rank 1 another
+        assert len(set(labels[shares[0][b:b + 4]])) == 1
+        assert labels[shares[0][b]] != labels[shares[1][b]]
 
 
 # ---- the pseudo-label pass ----------------------------------------------------------------------

@@ -214,7 +214,7 @@ def jaccard_distance(features, k1=30, k2=6, max_distance=1.0, neighbours=None):
     V = _row_softmax_of_negative_sq_distance(features, expanded)
 
     if k2 != 1:
-        k2 = min(k2, n)
+        k2 = min(k2, neighbours.shape[1])  # FastReID averages over the columns that exist
         Q = _neighbour_matrix(neighbours, k2).astype(np.float32) / k2
         V = (Q @ V).tocsr()
 

@@ -145,11 +145,12 @@ class EpochPairSampler(Sampler):
 
 
 class PseudoIdentitySampler(EpochPairSampler):
-    """P x K batches over image pseudo labels: each batch takes P labels and K pairs of each
-    (with repetition when a cluster is smaller than K). Outlier pairs (label -1) are dropped or
-    each made a singleton group (`outliers`). With fewer groups than P, it falls back to the
-    shuffled pass of EpochPairSampler and says so. Same batches on every rank, each rank taking its
-    share of each batch; the epoch has as many batches as the shuffled pass."""
+    """P x K batches over image pseudo labels: each batch takes P groups of K pairs. A group is one
+    cluster (K distinct pairs of it, repeating only when the cluster is smaller than K) or, with
+    `outliers="singleton"`, K distinct outlier pairs, each its own identity; with "drop", outliers
+    are left out. No group appears twice in a batch. With fewer clusters than P it falls back to
+    the shuffled pass of EpochPairSampler and says so. Same batches on every rank, each rank taking
+    its share of each batch; an epoch has as many batches as the shuffled pass."""
 
     def __init__(self, size, batch_size_per_rank, num_instances, outliers="singleton", seed=0):
         super().__init__(size, batch_size_per_rank, seed)
@@ -161,41 +162,39 @@ class PseudoIdentitySampler(EpochPairSampler):
         """Per-pair image pseudo labels; None returns to shuffled batches."""
         self.labels = None if image_labels is None else np.asarray(image_labels)
 
-    def _groups(self):
+    def _clusters(self):
         labels = self.labels
         order = np.argsort(labels, kind="stable")
         sorted_labels = labels[order]
         starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
-        groups = [g for g in np.split(order, starts[1:]) if labels[g[0]] >= 0]
-        if self.outliers == "singleton":
-            groups += [np.array([i]) for i in np.flatnonzero(labels < 0)]
-        return groups
+        return [g for g in np.split(order, starts[1:]) if len(g) and labels[g[0]] >= 0]
 
     def __iter__(self):
         if self.labels is None:
             yield from super().__iter__()
             return
-        groups = self._groups()
-        batch = self.batch_size_per_rank * self.world
-        p = batch // self.k
-        if len(groups) < p:
-            logger.warning(f"Only {len(groups)} pseudo identities for P = {p} per batch: this epoch "
-                           f"uses shuffled batches instead of P x K.")
+        clusters = self._clusters()
+        p = self.batch_size_per_rank * self.world // self.k
+        if len(clusters) < p:
+            logger.warning(f"Only {len(clusters)} pseudo identities for P = {p} per batch: this "
+                           f"epoch uses shuffled batches instead of P x K.")
             yield from super().__iter__()
             return
         rng = np.random.default_rng([self.seed, self.epoch])
-        num_batches = self.per_rank // self.batch_size_per_rank
-        queue = []
+        groups = list(clusters)
+        if self.outliers == "singleton":
+            outliers = rng.permutation(np.flatnonzero(self.labels < 0))
+            groups += [outliers[i:i + self.k] for i in range(0, len(outliers) - self.k + 1, self.k)]
         lo = self.rank * self.batch_size_per_rank
-        for _ in range(num_batches):
-            if len(queue) < p:
-                queue.extend(rng.permutation(len(groups)).tolist())
+        queue = []
+        for _ in range(self.per_rank // self.batch_size_per_rank):
+            if len(queue) < p:  # a fresh pass over the groups; no group twice in one batch
+                queue = rng.permutation(len(groups)).tolist()
             chosen, queue = queue[:p], queue[p:]
             items = []
             for g in chosen:
                 members = groups[g]
-                pick = rng.choice(members, self.k, replace=len(members) < self.k)
-                items.extend(pick.tolist())
+                items.extend(rng.choice(members, self.k, replace=len(members) < self.k).tolist())
             yield from items[lo:lo + self.batch_size_per_rank]
 
 

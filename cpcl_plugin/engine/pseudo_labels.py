@@ -61,10 +61,16 @@ class PseudoLabelHook(HookBase):
         loader, num_captions = build_feature_loader(cfg, train_set)
         feats = inference_on_dataset(trainer.model, loader, FeatureCollector())["feats"].numpy()
         text_f, image_f = feats[:num_captions], feats[num_captions:]
-        labels = self._cluster(image_f, text_f, train_set.pair_image) \
-            if comm.is_main_process() else None
+        labels = None
+        if comm.is_main_process():
+            try:
+                labels = self._cluster(image_f, text_f, train_set.pair_image)
+            except Exception as err:  # every rank must leave the collective below, then fail
+                labels = err
         if comm.get_world_size() > 1:
             labels = comm.all_gather(labels)[0]
+        if isinstance(labels, Exception):
+            raise RuntimeError(f"Pseudo-label clustering failed on rank 0: {labels!r}")
         self.image_labels, self.text_labels, stats = labels
         self._apply(memory, train_set, sampler, image_f, text_f)
         stats["seconds"] = time.perf_counter() - start
@@ -88,11 +94,8 @@ class PseudoLabelHook(HookBase):
         y_v, y_t = self.image_labels, self.text_labels
         kv, kt = int(y_v.max(initial=-1) + 1), int(y_t.max(initial=-1) + 1)
         pair_a = y_v[train_set.pair_image]
-        if kv and kt:
-            memory.rebuild(prototypes(image_f, y_v, kv), prototypes(text_f, y_t, kt),
-                           cooccurrence(pair_a, y_t, kv, kt))
-        else:
-            memory.rebuild(np.zeros((0, 0)), np.zeros((0, 0)), np.zeros((0, 0)))
+        memory.rebuild(prototypes(image_f, y_v, kv), prototypes(text_f, y_t, kt),
+                       cooccurrence(pair_a, y_t, kv, kt))
         train_set.set_pseudo_labels(pair_a, y_t)
         sampler.set_labels(pair_a)
 
@@ -134,8 +137,10 @@ class PseudoLabelHook(HookBase):
                      f"{100 * q['precision']:.1f}%, recall {100 * q['recall']:.1f}%, "
                      f"ARI {q['ari']:.3f}")
             scalars.update({f"pseudo_quality/{name}_{k}": float(v) for k, v in q.items()})
-        if stats["image_clusters"] == 0 or stats["text_clusters"] == 0:
-            line += "\n  A modality has no cluster: this epoch trains the instance loss only."
+        if stats["image_clusters"] == 0 and stats["text_clusters"] == 0:
+            line += "\n  Every sample is an outlier: this epoch trains the instance loss only."
+        elif stats["image_clusters"] == 0 or stats["text_clusters"] == 0:
+            line += "\n  One modality has no cluster: its prototype losses contribute nothing."
         elif stats["image_clusters"] == 1 and stats["text_clusters"] == 1:
             line += "\n  Everything fell into one cluster: the prototype losses carry no signal."
         logger.info(line)

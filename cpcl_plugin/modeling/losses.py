@@ -26,13 +26,11 @@ def itc_loss(image_features, text_features, logit_scale, image_ids=None):
     return (loss_i2t + loss_t2i) / 2
 
 
-def sdm_loss(image_features, text_features, logit_scale, labels, epsilon=1e-8):
+def sdm_loss(image_features, text_features, logit_scale, labels, image_ids, epsilon=1e-8):
     """Similarity distribution matching (IRRA): KL from the softmax over image-text similarities
-    to the label-equality distribution, both directions. `labels` are pseudo labels (-1 matches
-    only its own pair)."""
-    n = len(labels)
-    own = torch.arange(n, device=labels.device)
-    key = torch.where(labels >= 0, labels, -1 - own)  # each outlier is its own identity
+    to the label-equality distribution, both directions. `labels` are pseudo labels; a pair with
+    label -1 matches the pairs of its own image only (`image_ids`), as in ITC."""
+    key = torch.where(labels >= 0, labels, -1 - image_ids)  # an outlier image is its own identity
     target = (key[:, None] == key[None, :]).to(image_features.dtype)
     target = target / target.sum(dim=1, keepdim=True)
     logits = logit_scale * image_features @ text_features.t()

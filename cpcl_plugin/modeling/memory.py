@@ -34,8 +34,9 @@ class PrototypeMemory(nn.Module):
 
     @property
     def ready(self):
-        """True once prototypes exist in both modalities."""
-        return self.image_prototypes.shape[0] > 0 and self.text_prototypes.shape[0] > 0
+        """True once prototypes exist in at least one modality (a loss whose prototypes are
+        missing contributes 0)."""
+        return self.image_prototypes.shape[0] > 0 or self.text_prototypes.shape[0] > 0
 
     def rebuild(self, image_prototypes, text_prototypes, cooccurrence):
         device = self.image_prototypes.device

@@ -97,7 +97,7 @@ class CPCL(nn.Module):
                                                           self.logit_scale, image_ids)}
         if self.sdm_weight > 0 and image_labels is not None:
             losses["loss_sdm"] = self.sdm_weight * sdm_loss(image_features, text_features,
-                                                            self.logit_scale, image_labels)
+                                                            self.logit_scale, image_labels, image_ids)
         return losses
 
     def prototype_losses(self, image_features, text_features, image_labels, text_labels):

@@ -22,14 +22,18 @@ __all__ = ["knn", "jaccard_distance", "cluster", "relabel_in_order", "clustered_
 def knn(features, k, block=2048):
     """Indices (N, k) of the k nearest neighbours of each row (itself first), by L2 distance.
 
-    Exact search: faiss on the GPU when faiss-gpu and a CUDA device are present; otherwise blocked
-    matrix products in torch, which on CPU are ~3x faster than faiss's flat index (measured at
-    N = 20,000, d = 512 on two cores: 2.3 s against 6.7 s).
+    Exact search: faiss on the GPU when faiss-gpu and a CUDA device are present. Otherwise blocked
+    matrix products in torch, each pair of blocks computed once and used for the rows of both
+    (the distance is symmetric), with a running top-k per row: about 2.6x faster on CPU than faiss's
+    flat index (N = 20,000, d = 512, two cores: 2.7 s against 7.0 s; 0.005% of the entries
+    differ, near-equal distances that float rounding orders differently).
     """
     import faiss
     import torch
 
     x = np.ascontiguousarray(features, dtype=np.float32)
+    n = len(x)
+    k = min(k, n)
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         resources = faiss.StandardGpuResources()
         index = faiss.GpuIndexFlatL2(resources, x.shape[1])
@@ -37,12 +41,32 @@ def knn(features, k, block=2048):
         return index.search(x, k)[1].astype(np.int64)
     t = torch.from_numpy(x)
     half_sq = 0.5 * (t * t).sum(dim=1)
-    out = np.empty((len(x), k), dtype=np.int64)
-    for lo in range(0, len(x), block):
-        # argmin ||a - b||^2 = argmax (a . b - |b|^2 / 2)
-        score = t[lo:lo + block] @ t.T - half_sq[None, :]
-        out[lo:lo + block] = score.topk(k, dim=1).indices.numpy()
-    return out
+    # argmin ||a - b||^2 = argmax (a . b - |b|^2 / 2); for unit vectors (CLIP features) the second
+    # term is a constant and is skipped.
+    unit = bool(torch.allclose(half_sq, torch.full_like(half_sq, 0.5), atol=1e-5))
+    best_score = torch.full((n, k), -float("inf"))
+    best_index = torch.zeros((n, k), dtype=torch.int64)
+
+    def merge(row0, values, indices):
+        """Keep, for rows row0.., the k best of the running list and these candidates."""
+        rows = slice(row0, row0 + values.shape[0])
+        cand_score = torch.cat([best_score[rows], values], dim=1)
+        cand_index = torch.cat([best_index[rows], indices], dim=1)
+        keep = cand_score.topk(k, dim=1).indices
+        best_score[rows] = cand_score.gather(1, keep)
+        best_index[rows] = cand_index.gather(1, keep)
+
+    for a in range(0, n, block):
+        for b in range(a, n, block):
+            dots = t[a:a + block] @ t[b:b + block].T
+            scores = dots if unit else dots - half_sq[None, b:b + block]
+            top = scores.topk(min(k, scores.shape[1]), dim=1)
+            merge(a, top.values, top.indices + b)
+            if b != a:  # the same products, read by column, serve the rows of block b
+                scores = dots.T.contiguous() if unit else dots.T - half_sq[None, a:a + block]
+                top = scores.topk(min(k, scores.shape[1]), dim=1)
+                merge(b, top.values, top.indices + a)
+    return best_index.numpy()
 
 
 def _neighbour_matrix(neighbours, k):
@@ -58,6 +82,22 @@ def _reciprocal(forward):
     return forward.multiply(forward.T).tocsr().astype(bool)
 
 
+def _sampled_dots(f, pattern):
+    """f_i . f_j for every stored (i, j) of the CSR `pattern`, in its order (torch's SDDMM, which
+    avoids gathering two feature rows per entry)."""
+    import warnings
+
+    import torch
+
+    t = torch.from_numpy(f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch calls sparse CSR "beta"; the kernel is exact
+        mask = torch.sparse_csr_tensor(torch.from_numpy(pattern.indptr.astype(np.int64)),
+                                       torch.from_numpy(pattern.indices.astype(np.int64)),
+                                       torch.zeros(pattern.nnz), size=pattern.shape)
+        return torch.sparse.sampled_addmm(mask, t, t.T, beta=0.0).values().numpy()
+
+
 def _row_softmax_of_negative_sq_distance(features, pattern):
     """CSR with the pattern of `pattern`, row i holding softmax over its columns j of
     -||f_i - f_j||^2 (squared Euclidean, as FastReID computes it)."""
@@ -67,11 +107,7 @@ def _row_softmax_of_negative_sq_distance(features, pattern):
     cols = pattern.indices
     f = np.ascontiguousarray(features, dtype=np.float32)
     sq = (f * f).sum(axis=1)
-    dist = np.empty(len(cols), dtype=np.float32)
-    step = max(1, 4_000_000 // f.shape[1])
-    for lo in range(0, len(cols), step):
-        r, c = rows[lo:lo + step], cols[lo:lo + step]
-        dist[lo:lo + step] = sq[r] + sq[c] - 2 * np.einsum("ij,ij->i", f[r], f[c])
+    dist = sq[rows] + sq[cols] - 2 * _sampled_dots(f, pattern)
     logits = -dist
     starts = pattern.indptr[:-1]
     nonempty = np.diff(pattern.indptr) > 0
@@ -95,7 +131,8 @@ def _prefix_mask(V, min_mass):
     if min_mass <= 0:
         return np.ones(V.nnz, dtype=bool)
     rows = np.repeat(np.arange(V.shape[0]), np.diff(V.indptr))
-    order = np.lexsort((-V.data, rows))  # by row, largest value first
+    # By row, then largest value first (values lie in (0, 1], so row + 1 - value orders both).
+    order = np.argsort(rows + (1.0 - V.data.astype(np.float64)))
     vals = V.data[order].astype(np.float64)
     csum = np.cumsum(vals)
     row_start = np.repeat(V.indptr[:-1], np.diff(V.indptr))

@@ -171,7 +171,6 @@ def test_features_are_aligned_with_samples(tiny_cfg):
     trusted would attach labels to the wrong samples."""
     from fastreid.evaluation import inference_on_dataset
     from cpcl_plugin.data import build_feature_loader
-    from cpcl_plugin.data.datasets import build_dataset
     from cpcl_plugin.evaluation import FeatureCollector
     from fastreid.data.data_utils import read_image
     from fastreid.data.transforms import build_transforms

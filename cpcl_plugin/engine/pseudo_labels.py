@@ -40,6 +40,10 @@ def _digest(*arrays):
     return h.hexdigest()[:12]
 
 
+def _memory_digest(memory):
+    return _digest(*[t.numpy() for t in memory.export_state().values()])
+
+
 class PseudoLabelHook(HookBase):
 
     def __init__(self, cfg):
@@ -74,7 +78,7 @@ class PseudoLabelHook(HookBase):
         self.image_labels, self.text_labels, stats = labels
         self._apply(memory, train_set, sampler, image_f, text_f)
         stats["seconds"] = time.perf_counter() - start
-        self._report(stats, train_set)
+        self._report(stats)
 
     def _cluster(self, image_f, text_f, pair_image):
         p = self.cfg.PSEUDO
@@ -103,10 +107,10 @@ class PseudoLabelHook(HookBase):
         memory = unwrap(self.trainer.model).memory
         if memory.ready:  # after the epoch's momentum updates; equal on every rank
             logger.info(f"Memory digest after epoch {self.trainer.epoch} (rank {comm.get_rank()}): "
-                        f"{_digest(*[t.numpy() for t in memory.export_state().values()])}")
+                        f"{_memory_digest(memory)}")
 
     # -- reporting ------------------------------------------------------------------------------
-    def _monitoring_identities(self, train_set):
+    def _monitoring_identities(self):
         """MONITORING ONLY: identity labels of the training images and captions, read from the
         dataset files, in training-set order. Never passed to anything that trains."""
         if self._true_ids is None:
@@ -117,11 +121,11 @@ class PseudoLabelHook(HookBase):
             self._true_ids = (image_ids, caption_ids)
         return self._true_ids
 
-    def _report(self, stats, train_set):
+    def _report(self, stats):
         epoch = self.trainer.epoch
         logger.info(f"Pseudo-label digest (rank {comm.get_rank()}, epoch {epoch}): "
                     f"{_digest(self.image_labels, self.text_labels)} memory "
-                    f"{_digest(*[t.numpy() for t in unwrap(self.trainer.model).memory.export_state().values()])}")
+                    f"{_memory_digest(unwrap(self.trainer.model).memory)}")
         if not comm.is_main_process():
             return
         line = (f"Epoch {epoch} pseudo labels ({stats['seconds']:.1f} s): images "
@@ -129,7 +133,7 @@ class PseudoLabelHook(HookBase):
                 f"{stats['text_clusters']} clusters, {stats['text_outliers']} outliers; OPLM "
                 f"recovered {stats['image_recovered']} images, {stats['text_recovered']} captions")
         scalars = {f"pseudo/{k}": float(v) for k, v in stats.items()}
-        image_ids, caption_ids = self._monitoring_identities(train_set)
+        image_ids, caption_ids = self._monitoring_identities()
         for name, pred, true in (("image", self.image_labels, image_ids),
                                  ("text", self.text_labels, caption_ids)):
             q = pseudo_label_quality(pred, true)

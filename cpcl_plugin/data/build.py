@@ -54,10 +54,6 @@ class TextImagePairs(Dataset):
     def __len__(self):
         return len(self.pairs)
 
-    @property
-    def num_images(self):
-        return len(self.image_paths)
-
     def __getitem__(self, index):
         image_index, caption = self.pairs[index]
         image = self.transform(read_image(self.image_paths[image_index]))

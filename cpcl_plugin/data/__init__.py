@@ -1,5 +1,5 @@
-from .build import (EpochPairSampler, KindAwareBatchSampler, PseudoIdentitySampler, TextImageEvalSet,
-                    TextImagePairs, TrainFeatureSet, build_feature_loader,
+from .build import (CaptionsThenImages, EpochPairSampler, KindAwareBatchSampler,
+                    PseudoIdentitySampler, TextImagePairs, build_feature_loader,
                     build_text_image_test_loader, build_text_image_train_loader)
 from .datasets import (CUHKPEDES, ICFGPEDES, DatasetError, ImageRecord, RSTPReid, SyntheticPedes,
                        TextImageDataset, build_dataset, dataset_root)

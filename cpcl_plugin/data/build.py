@@ -21,7 +21,7 @@ from ..config import check_batch_split
 from .datasets import build_dataset
 from .tokenizer import build_tokenizer
 
-__all__ = ["TextImagePairs", "TextImageEvalSet", "TrainFeatureSet", "EpochPairSampler",
+__all__ = ["TextImagePairs", "CaptionsThenImages", "EpochPairSampler",
            "PseudoIdentitySampler", "KindAwareBatchSampler", "build_feature_loader",
            "build_text_image_train_loader", "build_text_image_test_loader", "flatten_pairs"]
 
@@ -65,52 +65,47 @@ class TextImagePairs(Dataset):
         return item
 
 
-class TrainFeatureSet(Dataset):
-    """The training set's captions (in pair order) then its unique images (in image order), with
-    test transforms and without labels, for the per-epoch feature extraction."""
+class CaptionsThenImages(Dataset):
+    """Captions first (queries), then images (gallery), for one feature pass: evaluation (with
+    identity targets, for the metrics) or the per-epoch pseudo-label pass (without any label)."""
 
-    def __init__(self, pairs_set, transform):
-        self.pairs_set, self.transform = pairs_set, transform
+    def __init__(self, captions, image_paths, transform, tokenizer, caption_targets=None,
+                 image_targets=None):
+        self.captions, self.image_paths = captions, image_paths
+        self.transform, self.tokenizer = transform, tokenizer
+        self.caption_targets, self.image_targets = caption_targets, image_targets
 
-    @property
-    def num_query(self):
-        return len(self.pairs_set.pairs)
+    @classmethod
+    def for_evaluation(cls, records, transform, tokenizer):
+        """Every caption and image of `records`, with their identities as targets."""
+        pairs = flatten_pairs(records)
+        return cls([c for _, c in pairs], [r.image_path for r in records], transform, tokenizer,
+                   [records[i].pid for i, _ in pairs], [r.pid for r in records])
 
-    def __len__(self):
-        return len(self.pairs_set.pairs) + len(self.pairs_set.image_paths)
-
-    def __getitem__(self, index):
-        if index < self.num_query:
-            return {"indices": index,
-                    "tokens": self.pairs_set.tokenizer(self.pairs_set.pairs[index][1])}
-        path = self.pairs_set.image_paths[index - self.num_query]
-        return {"indices": index, "images": self.transform(read_image(path))}
-
-
-class TextImageEvalSet(Dataset):
-    """Captions (queries) first, then images (gallery), with identities for the metrics."""
-
-    def __init__(self, records, transform, tokenizer):
-        self.records = records
-        self.captions = flatten_pairs(records)
-        self.transform = transform
-        self.tokenizer = tokenizer
+    @classmethod
+    def for_pseudo_labels(cls, pairs_set, transform):
+        """The training set's captions (pair order) then unique images (image order); no labels."""
+        return cls([c for _, c in pairs_set.pairs], pairs_set.image_paths, transform,
+                   pairs_set.tokenizer)
 
     @property
     def num_query(self):
         return len(self.captions)
 
     def __len__(self):
-        return len(self.captions) + len(self.records)
+        return len(self.captions) + len(self.image_paths)
 
     def __getitem__(self, index):
-        if index < len(self.captions):
-            image_index, caption = self.captions[index]
-            return {"indices": index, "tokens": self.tokenizer(caption),
-                    "targets": self.records[image_index].pid}
-        rec = self.records[index - len(self.captions)]
-        return {"indices": index, "images": self.transform(read_image(rec.image_path)),
-                "targets": rec.pid}
+        if index < self.num_query:
+            item = {"indices": index, "tokens": self.tokenizer(self.captions[index])}
+            targets, k = self.caption_targets, index
+        else:
+            k = index - self.num_query
+            item = {"indices": index, "images": self.transform(read_image(self.image_paths[k]))}
+            targets = self.image_targets
+        if targets is not None:
+            item["targets"] = targets[k]
+        return item
 
 
 class EpochPairSampler(Sampler):
@@ -200,21 +195,18 @@ class KindAwareBatchSampler(Sampler):
     def __init__(self, size, num_query, batch_size):
         rank, world = comm.get_rank(), comm.get_world_size()
         per_rank = (size + world - 1) // world
-        self.start, self.stop = min(size, rank * per_rank), min(size, (rank + 1) * per_rank)
-        self.num_query, self.batch_size = num_query, batch_size
+        start, stop = min(size, rank * per_rank), min(size, (rank + 1) * per_rank)
+        # This rank's captions, then its images.
+        self.ranges = ((start, min(stop, num_query)), (max(start, num_query), stop))
+        self.batch_size = batch_size
 
     def __iter__(self):
-        for lo, hi in ((self.start, min(self.stop, self.num_query)),
-                       (max(self.start, self.num_query), self.stop)):
+        for lo, hi in self.ranges:
             for b in range(lo, hi, self.batch_size):
                 yield list(range(b, min(b + self.batch_size, hi)))
 
     def __len__(self):
-        n = 0
-        for lo, hi in ((self.start, min(self.stop, self.num_query)),
-                       (max(self.start, self.num_query), self.stop)):
-            n += max(0, (hi - lo + self.batch_size - 1) // self.batch_size)
-        return n
+        return sum(max(0, -(-(hi - lo) // self.batch_size)) for lo, hi in self.ranges)
 
 
 def _loader(cfg, dataset, batch_sampler):
@@ -250,19 +242,22 @@ def build_text_image_train_loader(cfg):
     return _loader(cfg, train_set, batch_sampler)
 
 
+def _captions_then_images_loader(cfg, dataset, batch_size):
+    """(loader, number of captions) over a CaptionsThenImages set, sharded over the ranks."""
+    batch_sampler = KindAwareBatchSampler(len(dataset), dataset.num_query,
+                                          max(1, batch_size // comm.get_world_size()))
+    return _loader(cfg, dataset, batch_sampler), dataset.num_query
+
+
 def build_feature_loader(cfg, pairs_set):
     """(loader, number of captions) over the training captions then images, test transforms."""
-    feature_set = TrainFeatureSet(pairs_set, build_transforms(cfg, is_train=False))
-    batch_sampler = KindAwareBatchSampler(len(feature_set), feature_set.num_query,
-                                          max(1, cfg.PSEUDO.BATCH_SIZE // comm.get_world_size()))
-    return _loader(cfg, feature_set, batch_sampler), feature_set.num_query
+    dataset = CaptionsThenImages.for_pseudo_labels(pairs_set, build_transforms(cfg, is_train=False))
+    return _captions_then_images_loader(cfg, dataset, cfg.PSEUDO.BATCH_SIZE)
 
 
 def build_text_image_test_loader(cfg, dataset_name, split="test"):
     """(loader, number of queries) over a split's captions then images."""
-    data = build_dataset(cfg, dataset_name)
-    test_set = TextImageEvalSet(data.split(split), build_transforms(cfg, is_train=False),
-                                build_tokenizer(cfg))
-    batch_sampler = KindAwareBatchSampler(len(test_set), test_set.num_query,
-                                          max(1, cfg.TEST.IMS_PER_BATCH // comm.get_world_size()))
-    return _loader(cfg, test_set, batch_sampler), test_set.num_query
+    dataset = CaptionsThenImages.for_evaluation(build_dataset(cfg, dataset_name).split(split),
+                                                build_transforms(cfg, is_train=False),
+                                                build_tokenizer(cfg))
+    return _captions_then_images_loader(cfg, dataset, cfg.TEST.IMS_PER_BATCH)

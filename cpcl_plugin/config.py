@@ -98,6 +98,25 @@ def add_cpcl_config(cfg):
     # ---- data -----------------------------------------------------------------------------------
     # Dataset root; empty: $FASTREID_DATASETS, else "datasets" (FastReID's convention).
     _C.DATASETS.ROOT = ""
+    # DATASETS.TESTS entries may name a split: "CUHKPEDES:val" or "CUHKPEDES:test" (a bare name
+    # is its test split). As in FastReID, the first entry's metric chooses model_best, so list the
+    # val split first to select on val and report test.
+    # Images that do not exist or cannot be decoded: False stops with the file's path; True skips
+    # them and counts them (entries with a missing image are dropped when the dataset loads, an
+    # undecodable image is left out of the batch, the gallery or the clustering where it is read).
+    _C.DATASETS.SKIP_BAD_IMAGES = False
+    # Your own data (DATASETS.NAMES = ("TextImageJSON",)): one JSON list of objects, one per image.
+    _C.DATASETS.TEXT_IMAGE_JSON = CN()
+    # Path of the JSON file, relative to the dataset root unless absolute.
+    _C.DATASETS.TEXT_IMAGE_JSON.ANNOTATION_FILE = ""
+    # Folder the image paths are relative to, itself relative to the JSON file's folder.
+    _C.DATASETS.TEXT_IMAGE_JSON.IMAGE_DIR = ""
+    # Key names in each object: image path, identity (int or string; evaluation only), split
+    # ("train", "val" or "test") and captions (a list of strings, or one string).
+    _C.DATASETS.TEXT_IMAGE_JSON.IMAGE_KEY = "file_path"
+    _C.DATASETS.TEXT_IMAGE_JSON.ID_KEY = "id"
+    _C.DATASETS.TEXT_IMAGE_JSON.SPLIT_KEY = "split"
+    _C.DATASETS.TEXT_IMAGE_JSON.CAPTIONS_KEY = "captions"
     # The embedded synthetic dataset (DATASETS.NAMES = ("SyntheticPedes",)), generated on first use
     # into DATASETS.ROOT/SyntheticPedes-<hash of these settings>.
     _C.DATASETS.SYNTHETIC = CN()
@@ -133,10 +152,11 @@ def _config_error_from_key_error(err, source):
         f"cpcl_plugin/config.py and FastReID's fastreid/config/defaults.py.")
 
 
-def load_config(config_file="", opts=None):
+def load_config(config_file="", opts=None, check=True):
     """Build the full config: FastReID's defaults, the plugin's keys, the file, then `opts`.
 
-    Raises `ConfigError` with one sentence naming the file or key when something is wrong.
+    Raises `ConfigError` with one sentence naming the file or key when something is wrong;
+    `check=False` leaves `check_config` (device, values, combinations) to the caller.
     """
     cfg = get_cfg()
     add_cpcl_config(cfg)
@@ -163,7 +183,8 @@ def load_config(config_file="", opts=None):
             raise _config_error_from_key_error(err, "the command line") from None
         except (ValueError, TypeError, AssertionError) as err:
             raise ConfigError(f"Bad value on the command line: {err}") from None
-    check_config(cfg)
+    if check:
+        check_config(cfg)
     cfg.freeze()
     return cfg
 

@@ -223,8 +223,8 @@ def test_training_ignores_identity_labels(tiny_cfg, monkeypatch):
     digest, labels = train_two_epochs()
     real_load = datasets.TextImageDataset._load
 
-    def shuffled_ids(self, path):
-        records = real_load(self, path)
+    def shuffled_ids(self, path, skip_bad_images):
+        records = real_load(self, path, skip_bad_images)
         rng = np.random.default_rng(1)
         return {s: [r._replace(pid=int(rng.integers(10 ** 6))) for r in recs]
                 for s, recs in records.items()}

@@ -1,12 +1,9 @@
-"""Synthetic generator, the generic text-image loader, tokenizer and samplers."""
+"""Synthetic generator, tokenizer and samplers (the dataset formats: test_datasets.py)."""
 import json
 import os
 
-import pytest
-
-from cpcl_plugin.data import (CUHKPEDES, ICFGPEDES, DatasetError, EpochPairSampler,
-                              KindAwareBatchSampler, RSTPReid, SyntheticSpec, CaptionTokenizer,
-                              ensure_synthetic_dataset, generate_synthetic_dataset)
+from cpcl_plugin.data import (CaptionTokenizer, EpochPairSampler, KindAwareBatchSampler,
+                              SyntheticSpec, ensure_synthetic_dataset, generate_synthetic_dataset)
 
 SMALL = dict(num_train_ids=5, num_val_ids=2, num_test_ids=3, images_per_id=2, captions_per_image=2,
              image_size=(64, 32))
@@ -41,47 +38,6 @@ def test_synthetic_loads_through_the_cuhk_loader_and_is_reused(tmp_path):
     loaded = TextImageDataset(root=folder)
     assert len(loaded.split("train")) == 10 and len(loaded.split("test")) == 6
     assert all(os.path.isfile(r.image_path) for r in loaded.split("test"))
-
-
-def _write(root, dataset_dir, filename, entries):
-    d = root / dataset_dir
-    (d / "imgs").mkdir(parents=True, exist_ok=True)
-    (d / filename).write_text(json.dumps(entries, ensure_ascii=False), encoding="utf-8")
-    return d
-
-
-def test_cuhk_icfg_rstp_formats(tmp_path):
-    _write(tmp_path, "CUHK-PEDES", "reid_raw.json", [
-        {"split": "train", "captions": ["a", "b", "c"], "file_path": "x/1.jpg", "id": 1},
-        {"split": "test", "captions": ["Une femme en robe rouge, café"], "file_path": "y/2.jpg", "id": 2},
-        {"split": "val", "captions": ["v"], "file_path": "z/3.jpg", "id": 3}])
-    cuhk = CUHKPEDES(root=str(tmp_path))
-    assert cuhk.split("train")[0].captions == ("a", "b", "c")
-    assert cuhk.split("train")[0].image_path == str(tmp_path / "CUHK-PEDES" / "imgs" / "x/1.jpg")
-    assert cuhk.split("test")[0].captions[0].endswith("café")
-    assert [len(cuhk.split(s)) for s in ("train", "val", "test")] == [1, 1, 1]
-
-    _write(tmp_path, "ICFG-PEDES", "ICFG_PEDES.json", [  # the alternative file name
-        {"split": "train", "captions": ["a"], "file_path": "t/1.jpg", "id": 0}])
-    assert len(ICFGPEDES(root=str(tmp_path)).split("train")) == 1
-
-    _write(tmp_path, "RSTPReid", "data_captions.json", [
-        {"split": "train", "captions": ["a", "b"], "img_path": "1.jpg", "id": 7}])
-    rec = RSTPReid(root=str(tmp_path)).split("train")[0]
-    assert rec.pid == 7 and rec.image_path.endswith("RSTPReid/imgs/1.jpg")
-
-
-def test_bad_annotations_name_file_and_entry(tmp_path):
-    d = _write(tmp_path, "CUHK-PEDES", "reid_raw.json", [
-        {"split": "train", "captions": ["a"], "file_path": "1.jpg", "id": 1},
-        {"split": "train", "file_path": "2.jpg", "id": 2}])
-    with pytest.raises(DatasetError, match=r"reid_raw.json, entry 1: missing key\(s\) captions"):
-        CUHKPEDES(root=str(tmp_path))
-    (d / "reid_raw.json").write_text("[{")
-    with pytest.raises(DatasetError, match="reid_raw.json is not valid JSON"):
-        CUHKPEDES(root=str(tmp_path))
-    with pytest.raises(DatasetError, match="ICFG-PEDES.json or ICFG_PEDES.json"):
-        ICFGPEDES(root=str(tmp_path))
 
 
 def test_long_captions_keep_the_end_of_text_token():

@@ -121,4 +121,4 @@ def test_training_batches_carry_no_identity_labels(tiny_cfg):
     trainer = CPCLTrainer(tiny_cfg())
     trainer.epoch = 0
     batch = trainer._next_batch()
-    assert set(batch) == {"indices", "image_ids", "images", "tokens"}
+    assert set(batch) == {"indices", "image_ids", "images", "valid", "tokens"}

@@ -5,6 +5,9 @@
     python tools/train_net.py --config-file configs/CPCL/cuhk.yml --num-gpus 4
     python tools/train_net.py --config-file configs/CPCL/cuhk.yml --eval-only MODEL.WEIGHTS model.pth
     python tools/train_net.py --config-file configs/CPCL/cuhk.yml --resume
+
+DATASETS.TESTS entries may name a split ("CUHKPEDES:val"); with several, model_best is chosen
+on the first one and, after training, evaluated on all of them.
 """
 import logging
 import os
@@ -13,8 +16,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cpcl_plugin import CPCLTrainer, ConfigError, DatasetError, load_config  # noqa: E402
-from cpcl_plugin.config import check_batch_split, check_schedule  # noqa: E402
-from cpcl_plugin.data import build_dataset  # noqa: E402
+from cpcl_plugin.config import check_batch_split, check_config, check_schedule  # noqa: E402
+from cpcl_plugin.data import build_dataset, parse_test_name  # noqa: E402
+from cpcl_plugin.engine.pseudo_labels import unwrap  # noqa: E402
 from fastreid.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from fastreid.utils import comm  # noqa: E402
 from fastreid.utils.checkpoint import Checkpointer  # noqa: E402
@@ -63,27 +67,48 @@ def main(args):
     trainer = CPCLTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()
+    rows = [("before training", trainer.initial_eval_results)] \
+        if trainer.initial_eval_results else []
+    rows.append(("after training", results))
+    rows += evaluate_selected_checkpoint(cfg, trainer.model)
     if comm.is_main_process():
-        rows = [("before training", trainer.initial_eval_results)] \
-            if trainer.initial_eval_results else []
-        logger.info("Text-to-image results:\n%s",
-                    results_table(rows + [("after training", results)], cfg.DATASETS.TESTS))
+        logger.info("Text-to-image results:\n%s", results_table(rows, cfg.DATASETS.TESTS))
     return results
 
 
+def evaluate_selected_checkpoint(cfg, model):
+    """With several DATASETS.TESTS entries, FastReID keeps as model_best the checkpoint with the
+    best metric on the first one (e.g. CUHKPEDES:val): evaluate it on all of them (e.g. report
+    its CUHKPEDES:test numbers). Returns [(row label, results)], empty with a single entry."""
+    path = os.path.join(cfg.OUTPUT_DIR, "model_best.pth")
+    comm.synchronize()  # rank 0 has written it
+    if len(cfg.DATASETS.TESTS) < 2 or not os.path.isfile(path):
+        return []
+    extra = Checkpointer(unwrap(model)).load(path)
+    label = f"best on {cfg.DATASETS.TESTS[0]} (epoch {int(extra.get('epoch', -1)) + 1})"
+    return [(label, CPCLTrainer.test(cfg, model))]
+
+
 def preflight(args):
-    """Check config, weights and datasets in the launching process, so that mistakes end with
-    one sentence before any worker starts (and the synthetic data are generated only once)."""
-    cfg = load_config(args.config_file, args.opts)
+    """Check datasets, config and weights in the launching process, so that mistakes end with
+    one sentence before any worker starts (and the synthetic data are generated only once).
+    Datasets come first: without them nothing else matters, and their message says how to get
+    them."""
+    cfg = load_config(args.config_file, args.opts, check=False)
+    datasets, num_pairs = {}, 0
+    for name in cfg.DATASETS.NAMES:
+        datasets[name] = build_dataset(cfg, name)
+        num_pairs += sum(len(r.captions) for r in datasets[name].split("train"))
+    for entry in cfg.DATASETS.TESTS:
+        name, split = parse_test_name(entry)
+        if name not in datasets:
+            datasets[name] = build_dataset(cfg, name)
+        datasets[name].split(split)
+    check_config(cfg)
     if args.eval_only and not cfg.MODEL.WEIGHTS:
         raise ConfigError("--eval-only needs a checkpoint: add MODEL.WEIGHTS path/to/model.pth.")
     if cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
         raise ConfigError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} does not exist.")
-    num_pairs = 0
-    for name in dict.fromkeys(tuple(cfg.DATASETS.NAMES) + tuple(cfg.DATASETS.TESTS)):
-        data = build_dataset(cfg, name)
-        if name in cfg.DATASETS.NAMES:
-            num_pairs += sum(len(r.captions) for r in data.split("train"))
     world_size = args.num_gpus * args.num_machines
     batch = check_batch_split(cfg, world_size) * world_size
     if num_pairs < batch:

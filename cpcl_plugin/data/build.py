@@ -6,19 +6,25 @@ tokens. They never carry identity labels.
 
 Evaluation items are all captions of a split (queries) followed by all its images (gallery); a
 batch holds only one kind, so one FastReID `inference_on_dataset` pass computes both.
+
+Items with an image carry ``valid``: 0 when the image could not be decoded and
+DATASETS.SKIP_BAD_IMAGES let the run go on (a black placeholder stands in for it, so batches keep
+their shape); whoever consumes the batch leaves such items out and counts them.
 """
 import logging
 
 import numpy as np
 import torch
 from fastreid.data.build import fast_batch_collator
-from fastreid.data.data_utils import DataLoaderX, read_image
+from fastreid.data.data_utils import DataLoaderX
 from fastreid.data.transforms import build_transforms
 from fastreid.utils import comm
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import check_batch_split
-from .datasets import build_dataset
+from PIL import Image
+
+from .datasets import DatasetError, build_dataset, load_image, parse_test_name
 from .tokenizer import build_tokenizer
 
 __all__ = ["TextImagePairs", "CaptionsThenImages", "EpochPairSampler",
@@ -26,6 +32,27 @@ __all__ = ["TextImagePairs", "CaptionsThenImages", "EpochPairSampler",
            "build_text_image_train_loader", "build_text_image_test_loader", "flatten_pairs"]
 
 logger = logging.getLogger(__name__)
+
+
+class ImageReader:
+    """Reads and transforms images; an undecodable one raises its DatasetError, or with
+    `skip_bad_images` becomes a black placeholder marked invalid (logged once per file)."""
+
+    def __init__(self, transform, skip_bad_images=False):
+        self.transform, self.skip_bad_images = transform, skip_bad_images
+        self._reported = set()
+
+    def __call__(self, path):
+        """(transformed image, 1) or (placeholder, 0)."""
+        try:
+            return self.transform(load_image(path)), 1
+        except DatasetError as err:
+            if not self.skip_bad_images:
+                raise
+            if path not in self._reported:
+                self._reported.add(path)
+                logger.warning(f"Skipping an undecodable image (DATASETS.SKIP_BAD_IMAGES): {err}")
+            return self.transform(Image.new("RGB", (64, 128))), 0
 
 
 def flatten_pairs(records):
@@ -37,10 +64,10 @@ class TextImagePairs(Dataset):
     """One item per caption: its image (transformed) and its tokens. It keeps only image paths
     and captions: identity labels never enter the training set."""
 
-    def __init__(self, records, transform, tokenizer):
+    def __init__(self, records, transform, tokenizer, skip_bad_images=False):
         self.image_paths = [rec.image_path for rec in records]
         self.pairs = flatten_pairs(records)
-        self.transform = transform
+        self.read = ImageReader(transform, skip_bad_images)
         self.tokenizer = tokenizer
         self.pair_image = np.array([i for i, _ in self.pairs], dtype=np.int64)
         self.image_labels = self.text_labels = None  # pseudo labels per pair, set each epoch
@@ -56,8 +83,8 @@ class TextImagePairs(Dataset):
 
     def __getitem__(self, index):
         image_index, caption = self.pairs[index]
-        image = self.transform(read_image(self.image_paths[image_index]))
-        item = {"indices": index, "image_ids": image_index, "images": image,
+        image, valid = self.read(self.image_paths[image_index])
+        item = {"indices": index, "image_ids": image_index, "images": image, "valid": valid,
                 "tokens": self.tokenizer(caption)}
         if self.image_labels is not None:
             item["image_labels"] = int(self.image_labels[index])
@@ -70,23 +97,23 @@ class CaptionsThenImages(Dataset):
     identity targets, for the metrics) or the per-epoch pseudo-label pass (without any label)."""
 
     def __init__(self, captions, image_paths, transform, tokenizer, caption_targets=None,
-                 image_targets=None):
+                 image_targets=None, skip_bad_images=False):
         self.captions, self.image_paths = captions, image_paths
-        self.transform, self.tokenizer = transform, tokenizer
+        self.read, self.tokenizer = ImageReader(transform, skip_bad_images), tokenizer
         self.caption_targets, self.image_targets = caption_targets, image_targets
 
     @classmethod
-    def for_evaluation(cls, records, transform, tokenizer):
+    def for_evaluation(cls, records, transform, tokenizer, skip_bad_images=False):
         """Every caption and image of `records`, with their identities as targets."""
         pairs = flatten_pairs(records)
         return cls([c for _, c in pairs], [r.image_path for r in records], transform, tokenizer,
-                   [records[i].pid for i, _ in pairs], [r.pid for r in records])
+                   [records[i].pid for i, _ in pairs], [r.pid for r in records], skip_bad_images)
 
     @classmethod
     def for_pseudo_labels(cls, pairs_set, transform):
         """The training set's captions (pair order) then unique images (image order); no labels."""
         return cls([c for _, c in pairs_set.pairs], pairs_set.image_paths, transform,
-                   pairs_set.tokenizer)
+                   pairs_set.tokenizer, skip_bad_images=pairs_set.read.skip_bad_images)
 
     @property
     def num_query(self):
@@ -101,7 +128,8 @@ class CaptionsThenImages(Dataset):
             targets, k = self.caption_targets, index
         else:
             k = index - self.num_query
-            item = {"indices": index, "images": self.transform(read_image(self.image_paths[k]))}
+            image, valid = self.read(self.image_paths[k])
+            item = {"indices": index, "images": image, "valid": valid}
             targets = self.image_targets
         if targets is not None:
             item["targets"] = targets[k]
@@ -232,7 +260,8 @@ def build_text_image_train_loader(cfg):
         data = build_dataset(cfg, name)
         _log_statistics(data, name)
         records.extend(data.split("train"))
-    train_set = TextImagePairs(records, build_transforms(cfg, is_train=True), tokenizer)
+    train_set = TextImagePairs(records, build_transforms(cfg, is_train=True), tokenizer,
+                               cfg.DATASETS.SKIP_BAD_IMAGES)
     batch_per_rank = check_batch_split(cfg, comm.get_world_size())
     # The order must agree across ranks: a negative SEED draws one seed shared by all of them.
     seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
@@ -255,9 +284,11 @@ def build_feature_loader(cfg, pairs_set):
     return _captions_then_images_loader(cfg, dataset, cfg.PSEUDO.BATCH_SIZE)
 
 
-def build_text_image_test_loader(cfg, dataset_name, split="test"):
-    """(loader, number of queries) over a split's captions then images."""
-    dataset = CaptionsThenImages.for_evaluation(build_dataset(cfg, dataset_name).split(split),
+def build_text_image_test_loader(cfg, test_name):
+    """(loader, number of queries) over the captions then images of a DATASETS.TESTS entry
+    ("CUHKPEDES" for its test split, "CUHKPEDES:val" for its val split)."""
+    name, split = parse_test_name(test_name)
+    dataset = CaptionsThenImages.for_evaluation(build_dataset(cfg, name).split(split),
                                                 build_transforms(cfg, is_train=False),
-                                                build_tokenizer(cfg))
+                                                build_tokenizer(cfg), cfg.DATASETS.SKIP_BAD_IMAGES)
     return _captions_then_images_loader(cfg, dataset, cfg.TEST.IMS_PER_BATCH)

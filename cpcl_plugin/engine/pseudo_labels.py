@@ -63,12 +63,14 @@ class PseudoLabelHook(HookBase):
             return
         start = time.perf_counter()
         loader, num_captions = build_feature_loader(cfg, train_set)
-        feats = inference_on_dataset(trainer.model, loader, FeatureCollector())["feats"].numpy()
+        collected = inference_on_dataset(trainer.model, loader, FeatureCollector())
+        feats = collected["feats"].numpy()
         text_f, image_f = feats[:num_captions], feats[num_captions:]
+        image_valid = collected["valid"][num_captions:].numpy()
         labels = None
         if comm.is_main_process():
             try:
-                labels = self._cluster(image_f, text_f, train_set.pair_image)
+                labels = self._cluster(image_f, text_f, train_set.pair_image, image_valid)
             except Exception as err:  # every rank must leave the collective below, then fail
                 labels = err
         if comm.get_world_size() > 1:
@@ -80,16 +82,23 @@ class PseudoLabelHook(HookBase):
         stats["seconds"] = time.perf_counter() - start
         self._report(stats)
 
-    def _cluster(self, image_f, text_f, pair_image):
+    def _cluster(self, image_f, text_f, pair_image, image_valid):
+        """Image and caption pseudo labels, OPLM, statistics. Images that could not be decoded
+        (DATASETS.SKIP_BAD_IMAGES) are outliers, never clustered nor mined."""
         p = self.cfg.PSEUDO
         kwargs = dict(eps=p.EPS, min_samples=p.MIN_SAMPLES, k1=p.K1, k2=p.K2)
-        y_v, y_t = cluster(image_f, **kwargs), cluster(text_f, **kwargs)
-        stats = {"image_clusters": int(y_v.max(initial=-1) + 1), "image_outliers": int((y_v < 0).sum()),
+        y_v = np.full(len(image_f), -1, dtype=np.int64)
+        y_v[image_valid] = cluster(image_f[image_valid], **kwargs)
+        y_t = cluster(text_f, **kwargs)
+        stats = {"skipped_images": int((~image_valid).sum()),
+                 "image_clusters": int(y_v.max(initial=-1) + 1), "image_outliers": int((y_v < 0).sum()),
                  "text_clusters": int(y_t.max(initial=-1) + 1), "text_outliers": int((y_t < 0).sum()),
                  "image_recovered": 0, "text_recovered": 0}
         if p.OPLM.ENABLED:
             y_v, y_t, recovered = mine_outliers(y_v, y_t, pair_image, image_f, text_f,
                                                 p.OPLM.THRESHOLD)
+            recovered["image_recovered"] -= int((y_v[~image_valid] >= 0).sum())
+            y_v[~image_valid] = -1
             stats.update(recovered)
         return y_v, y_t, stats
 
@@ -132,6 +141,9 @@ class PseudoLabelHook(HookBase):
                 f"{stats['image_clusters']} clusters, {stats['image_outliers']} outliers; captions "
                 f"{stats['text_clusters']} clusters, {stats['text_outliers']} outliers; OPLM "
                 f"recovered {stats['image_recovered']} images, {stats['text_recovered']} captions")
+        if stats["skipped_images"]:
+            line += (f"; {stats['skipped_images']} undecodable images left out as outliers "
+                     f"(DATASETS.SKIP_BAD_IMAGES)")
         scalars = {f"pseudo/{k}": float(v) for k, v in stats.items()}
         image_ids, caption_ids = self._monitoring_identities()
         for name, pred, true in (("image", self.image_labels, image_ids),

@@ -29,6 +29,7 @@ from fastreid.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXW
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import ConfigError, check_schedule
+from ..data.datasets import DatasetError
 from ..data.build import build_text_image_test_loader, build_text_image_train_loader
 from ..evaluation.t2i_evaluation import TextImageEvaluator
 from .pseudo_labels import PseudoLabelHook, unwrap
@@ -116,6 +117,7 @@ class CPCLTrainer(DefaultTrainer):
         self.warmup_iters = cfg.SOLVER.WARMUP_ITERS
         self.delay_epochs = cfg.SOLVER.DELAY_EPOCHS
         self.initial_eval_results = None
+        self.skipped_pairs = 0  # pairs left out because their image could not be decoded
         self.register_hooks(self.build_hooks())
 
     # DefaultTrainer reads these from a SimpleTrainer it owns; this trainer steps by itself.
@@ -171,14 +173,30 @@ class CPCLTrainer(DefaultTrainer):
             self._epoch_iter = iter(self.data_loader)
         return next(self._epoch_iter)
 
+    def _without_undecodable_images(self, data):
+        """The batch without pairs whose image could not be decoded (DATASETS.SKIP_BAD_IMAGES);
+        they are counted in ``skipped_pairs``."""
+        keep = data["valid"].bool()
+        if bool(keep.all()):
+            return data
+        if not bool(keep.any()):
+            raise DatasetError("Every image of a training batch could not be decoded; check the "
+                               "dataset's image files (tools/check_dataset.py --decode).")
+        self.skipped_pairs += int((~keep).sum())
+        return {k: v[keep] if isinstance(v, torch.Tensor) else v for k, v in data.items()}
+
     def after_epoch(self):
         self._epoch_iter = None
+        if self.skipped_pairs:
+            logger.warning(f"{self.skipped_pairs} training pairs left out so far: their image "
+                           f"could not be decoded (DATASETS.SKIP_BAD_IMAGES).")
+            self.storage.put_scalar("data/skipped_pairs", self.skipped_pairs, smoothing_hint=False)
         super().after_epoch()
 
     def run_step(self):
         assert self.model.training, "[CPCLTrainer] model was changed to eval mode!"
         start = time.perf_counter()
-        data = self._next_batch()
+        data = self._without_undecodable_images(self._next_batch())
         data_time = time.perf_counter() - start
         loss_dict = self.model(data)
         losses = sum(loss_dict.values())

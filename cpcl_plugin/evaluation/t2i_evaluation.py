@@ -99,10 +99,17 @@ class FeatureCollector(DatasetEvaluator):
 
     def process(self, inputs, outputs):
         self._predictions.append({"indices": torch.as_tensor(inputs["indices"]).cpu(),
-                                  "feats": outputs.float().cpu()})
+                                  "feats": outputs.float().cpu(), "valid": _valid(inputs)})
 
     def evaluate(self):
         return gather_in_index_order(self._predictions, all_ranks=True)
+
+
+def _valid(inputs):
+    """Per item: False where the image could not be decoded (DATASETS.SKIP_BAD_IMAGES)."""
+    if "valid" in inputs:
+        return torch.as_tensor(inputs["valid"]).cpu().bool()
+    return torch.ones(len(inputs["indices"]), dtype=torch.bool)
 
 
 class TextImageEvaluator(DatasetEvaluator):
@@ -120,14 +127,19 @@ class TextImageEvaluator(DatasetEvaluator):
     def process(self, inputs, outputs):
         self._predictions.append({"indices": torch.as_tensor(inputs["indices"]).cpu(),
                                   "feats": outputs.float().cpu(),
-                                  "pids": torch.as_tensor(inputs["targets"]).cpu()})
+                                  "pids": torch.as_tensor(inputs["targets"]).cpu(),
+                                  "valid": _valid(inputs)})
 
     def evaluate(self):
         merged = gather_in_index_order(self._predictions)
         if merged is None or not comm.is_main_process():
             return {}
-        feats, pids = merged["feats"], merged["pids"].numpy()
-        nq = self._num_query
+        valid = merged["valid"]
+        if not valid.all():  # undecodable gallery images, skipped (DATASETS.SKIP_BAD_IMAGES)
+            logger.warning(f"Evaluation leaves out {int((~valid).sum())} undecodable gallery "
+                           f"images (DATASETS.SKIP_BAD_IMAGES).")
+        feats, pids = merged["feats"][valid], merged["pids"][valid].numpy()
+        nq = self._num_query  # captions always have features
         similarity = (feats[:nq] @ feats[nq:].t()).numpy()
         m = t2i_metrics(similarity, pids[:nq], pids[nq:])
         results = OrderedDict()

@@ -1,0 +1,320 @@
+"""The dataset formats (design.md section 4), the custom JSON format, validation of bad input,
+undecodable images, evaluation splits and tools/check_dataset.py."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, TINY, run_train_net
+from cpcl_plugin import load_config
+from cpcl_plugin.data import (CUHKPEDES, ICFGPEDES, CaptionsThenImages, DatasetError, RSTPReid,
+                              TextImagePairs, build_dataset, load_image, parse_test_name)
+
+UNICODE = "Una señora con abrigo rojo y bolso «negro», café — 穿红色外套的女人"
+
+
+def _image(path, color=(200, 30, 30)):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new("RGB", (16, 32), color).save(path)
+
+
+def write_dataset(folder, annotation_file, entries, image_key="file_path", image_dir="imgs",
+                  make_images=True):
+    """Writes `entries` (JSON list) and a small image for each, as the official files lie."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, annotation_file), "w", encoding="utf-8") as f:
+        json.dump(entries, f, ensure_ascii=False)
+    if make_images:
+        for e in entries:
+            _image(os.path.join(folder, image_dir, e[image_key]))
+    return folder
+
+
+def official_entries(image_key, splits=("train", "val", "test")):
+    """Awkward but valid entries: 1-based ids, three captions, unicode text, nested folders."""
+    entries = [
+        {"id": 1, "split": "train", image_key: "CUHK01/0001001.png", "captions": ["a", "b", "c"]},
+        {"id": 1, "split": "train", image_key: "CUHK01/0001002.png", "captions": ["d", "e"]},
+        {"id": 2, "split": "train", image_key: "Market/0002_c1.jpg", "captions": [UNICODE, "f"]},
+        {"id": 5, "split": "test", image_key: "test_query/p5_1.jpg", "captions": ["g", "h"]},
+        {"id": 5, "split": "test", image_key: "test_query/p5_2.jpg", "captions": ["i", "j"]},
+        {"id": 6, "split": "test", image_key: "test_query/p6_1.jpg", "captions": ["k", "l", "m"]},
+    ]
+    if "val" in splits:
+        entries.append({"id": 3, "split": "val", image_key: "val/p3.jpg", "captions": ["n", "o"]})
+    return entries
+
+
+@pytest.mark.parametrize("cls, folder, annotation_file, image_key, splits", [
+    (CUHKPEDES, "CUHK-PEDES", "reid_raw.json", "file_path", ("train", "val", "test")),
+    (ICFGPEDES, "ICFG-PEDES", "ICFG-PEDES.json", "file_path", ("train", "test")),
+    (ICFGPEDES, "ICFG-PEDES", "ICFG_PEDES.json", "file_path", ("train", "test")),
+    (RSTPReid, "RSTPReid", "data_captions.json", "img_path", ("train", "val", "test")),
+])
+def test_official_formats_load_counts_splits_captions_and_ids(tmp_path, cls, folder,
+                                                              annotation_file, image_key, splits):
+    write_dataset(str(tmp_path / folder), annotation_file, official_entries(image_key, splits),
+                  image_key=image_key)
+    data = cls(root=str(tmp_path))
+    train = data.split("train")
+    assert [r.pid for r in train] == [1, 1, 2]  # ids kept as published (1-based)
+    assert [len(r.captions) for r in train] == [3, 2, 2]
+    assert train[2].captions[0] == UNICODE
+    assert train[0].image_path == os.path.join(str(tmp_path), folder, "imgs", "CUHK01",
+                                               "0001001.png")
+    assert all(os.path.isfile(r.image_path) for s in splits for r in data.split(s))
+    test = data.split("test")
+    assert [r.pid for r in test] == [5, 5, 6] and sum(len(r.captions) for r in test) == 7
+    if "val" in splits:
+        assert [r.pid for r in data.split("val")] == [3]
+    else:
+        with pytest.raises(DatasetError, match="no 'val' entries; its splits are: train, test"):
+            data.split("val")
+    table = data.statistics_table()
+    assert "| train   | 2       | 3          | 7" in table
+    assert "| test    | 2       | 3          | 7" in table
+
+
+def test_text_image_json_takes_its_keys_from_the_config(tmp_path):
+    entries = [
+        {"person": "alice", "part": "train", "img": "a1.jpg", "texts": ["a woman in red"]},
+        {"person": "alice", "part": "train", "img": "a2.jpg", "texts": "she carries a bag"},
+        {"person": "bob", "part": "train", "img": "b1.jpg", "texts": ["a man in blue"]},
+        {"person": "7", "part": "test", "img": "c1.jpg", "texts": ["a child"]},
+    ]
+    write_dataset(str(tmp_path / "mine"), "labels.json", entries, image_key="img",
+                  image_dir="pictures")
+    cfg = load_config(TINY, ["DATASETS.ROOT", str(tmp_path),
+                             "DATASETS.TEXT_IMAGE_JSON.ANNOTATION_FILE", "mine/labels.json",
+                             "DATASETS.TEXT_IMAGE_JSON.IMAGE_DIR", "pictures",
+                             "DATASETS.TEXT_IMAGE_JSON.IMAGE_KEY", "img",
+                             "DATASETS.TEXT_IMAGE_JSON.ID_KEY", "person",
+                             "DATASETS.TEXT_IMAGE_JSON.SPLIT_KEY", "part",
+                             "DATASETS.TEXT_IMAGE_JSON.CAPTIONS_KEY", "texts"])
+    data = build_dataset(cfg, "TextImageJSON")
+    train = data.split("train")
+    assert train[1].captions == ("she carries a bag",)  # one string is one caption
+    assert train[0].pid == train[1].pid != train[2].pid  # string ids: equal names, equal ids
+    assert data.split("test")[0].pid == 7
+    assert train[0].image_path == str(tmp_path / "mine" / "pictures" / "a1.jpg")
+
+    empty = load_config(TINY, ["DATASETS.ROOT", str(tmp_path)])
+    with pytest.raises(DatasetError, match="DATASETS.TEXT_IMAGE_JSON.ANNOTATION_FILE"):
+        build_dataset(empty, "TextImageJSON")
+
+
+def _entry(**overrides):
+    e = {"id": 1, "split": "train", "file_path": "1.jpg", "captions": ["a person"]}
+    e.update(overrides)
+    return {k: v for k, v in e.items() if v is not None}
+
+
+# Each case: entries written (the second one is the bad one), expected message pattern.
+BAD_ENTRIES = {
+    "missing key": ([_entry(), _entry(file_path="2.jpg", captions=None)],
+                    r"reid_raw.json, entry 1: missing key\(s\) captions"),
+    "empty caption list": ([_entry(), _entry(file_path="2.jpg", captions=[])],
+                           r"reid_raw.json, entry 1 \(2.jpg\): captions must be a non-empty list"),
+    "empty caption": ([_entry(), _entry(file_path="2.jpg", captions=["ok", "  "])],
+                      r"reid_raw.json, entry 1 \(2.jpg\): captions must be a non-empty list"),
+    "unknown split": ([_entry(), _entry(file_path="2.jpg", split="training")],
+                      r"reid_raw.json, entry 1: unknown split 'training'; expected one of train, "
+                      r"val, test"),
+    "bad id": ([_entry(), _entry(file_path="2.jpg", id=[3])],
+               r"reid_raw.json, entry 1 \(2.jpg\): id must be an integer or a string"),
+    "not an object": ([_entry(), ["1.jpg"]],
+                      r"reid_raw.json, entry 1: expected an object with keys"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ENTRIES))
+def test_bad_entries_name_the_file_and_the_entry(tmp_path, case):
+    entries, pattern = BAD_ENTRIES[case]
+    folder = write_dataset(str(tmp_path / "CUHK-PEDES"), "reid_raw.json", [], make_images=False)
+    with open(os.path.join(folder, "reid_raw.json"), "w") as f:
+        json.dump(entries, f)
+    _image(os.path.join(folder, "imgs", "1.jpg"))
+    _image(os.path.join(folder, "imgs", "2.jpg"))
+    with pytest.raises(DatasetError, match=pattern) as err:
+        CUHKPEDES(root=str(tmp_path))
+    assert os.path.join(folder, "reid_raw.json") in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_files_are_named(tmp_path):
+    with pytest.raises(DatasetError, match=f"dataset folder {tmp_path / 'CUHK-PEDES'} does not "
+                                           f"exist.*reid_raw.json.*licensed"):
+        CUHKPEDES(root=str(tmp_path))
+    folder = tmp_path / "CUHK-PEDES"
+    folder.mkdir()
+    with pytest.raises(DatasetError, match=f"no annotation file reid_raw.json in {folder}"):
+        CUHKPEDES(root=str(tmp_path))
+    (folder / "reid_raw.json").write_text('[{"id": 1,\n "split": }]')
+    with pytest.raises(DatasetError, match=r"reid_raw.json is not valid JSON \(line 2, column 11"):
+        CUHKPEDES(root=str(tmp_path))
+    (folder / "reid_raw.json").write_text('{"images": []}')
+    with pytest.raises(DatasetError, match="reid_raw.json must hold a JSON list of image entries, "
+                                           "found a JSON dict"):
+        CUHKPEDES(root=str(tmp_path))
+    with pytest.raises(DatasetError, match="ICFG-PEDES.json or ICFG_PEDES.json"):
+        ICFGPEDES(root=str(tmp_path))
+    write_dataset(str(tmp_path / "ICFG-PEDES"), "ICFG-PEDES.json", [_entry(split="val")])
+    with pytest.raises(DatasetError, match="entry 0: unknown split 'val'; expected one of train, "
+                                           "test"):
+        ICFGPEDES(root=str(tmp_path))
+
+
+def test_missing_images_are_named_or_skipped_and_counted(tmp_path):
+    entries = [_entry(), _entry(file_path="sub/2.jpg"), _entry(file_path="3.jpg", id=2)]
+    folder = write_dataset(str(tmp_path / "CUHK-PEDES"), "reid_raw.json", entries)
+    os.remove(os.path.join(folder, "imgs", "sub", "2.jpg"))
+    os.remove(os.path.join(folder, "imgs", "3.jpg"))
+    with pytest.raises(DatasetError, match=r"reid_raw.json, entry 1: image .*imgs/sub/2.jpg does "
+                                           r"not exist \(2 of 3 images are missing\)"):
+        CUHKPEDES(root=str(tmp_path))
+    data = CUHKPEDES(root=str(tmp_path), skip_bad_images=True)
+    assert data.skipped_missing == 2 and len(data.split("train")) == 1
+
+
+def _corrupt(path):
+    with open(path, "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 not really a jpeg")
+
+
+def test_undecodable_images_are_reported_with_their_path_or_skipped(tmp_path):
+    folder = write_dataset(str(tmp_path), "reid_raw.json",
+                           [_entry(), _entry(file_path="2.jpg", id=2)])
+    bad = os.path.join(folder, "imgs", "2.jpg")
+    _corrupt(bad)
+    with pytest.raises(DatasetError, match=f"Cannot read image {bad} .*DATASETS.SKIP_BAD_IMAGES"):
+        load_image(bad)
+    from cpcl_plugin.data.datasets import TextImageDataset
+    records = TextImageDataset(root=folder).split("train")
+    to_tensor = lambda im: torch.as_tensor(np.array(im.resize((8, 16)))).permute(2, 0, 1)  # noqa
+    pairs = TextImagePairs(records, to_tensor, tokenizer=lambda c: torch.zeros(4))
+    assert pairs[0]["valid"] == 1
+    with pytest.raises(DatasetError, match=f"Cannot read image {bad}"):
+        pairs[1]
+    # In a DataLoader worker the error comes back as the same one sentence.
+    loader = torch.utils.data.DataLoader(pairs, batch_size=2, num_workers=1)
+    with pytest.raises(DatasetError) as err:
+        next(iter(loader))
+    assert str(err.value).startswith(f"Cannot read image {bad}") and "\n" not in str(err.value)
+
+    skipping = TextImagePairs(records, to_tensor, lambda c: torch.zeros(4), skip_bad_images=True)
+    item = skipping[1]
+    assert item["valid"] == 0 and item["images"].shape == (3, 16, 8)
+    gallery = CaptionsThenImages.for_evaluation(records, to_tensor, lambda c: torch.zeros(4),
+                                                skip_bad_images=True)
+    assert [gallery[i].get("valid") for i in range(len(gallery))] == [None, None, 1, 0]
+
+
+def test_training_and_evaluation_skip_undecodable_images(tmp_path, tiny_cfg):
+    """With SKIP_BAD_IMAGES, a corrupt training image becomes an outlier of the pseudo-label pass
+    and leaves the batches, and a corrupt gallery image leaves the evaluation."""
+    from fastreid.utils.events import EventStorage
+
+    from cpcl_plugin import CPCLTrainer
+    root = str(tmp_path / "data")
+    cfg = tiny_cfg("DATASETS.ROOT", root, "DATASETS.SKIP_BAD_IMAGES", "True")
+    train_records = build_dataset(cfg, "SyntheticPedes").split("train")
+    test_records = build_dataset(cfg, "SyntheticPedes").split("test")
+    _corrupt(train_records[3].image_path)
+    _corrupt(test_records[0].image_path)
+
+    trainer = CPCLTrainer(cfg)
+    with EventStorage(0) as storage:
+        trainer.storage = storage
+        trainer.epoch = 0
+        trainer.pseudo_label_hook.trainer = trainer
+        trainer.pseudo_label_hook.before_epoch()
+        assert trainer.pseudo_label_hook.image_labels[3] == -1
+        assert storage.latest()["pseudo/skipped_images"][0] == 1
+        batch = {"valid": torch.tensor([1, 0, 1]), "indices": torch.tensor([4, 5, 6]),
+                 "images": torch.zeros(3, 3, 2, 2)}
+        kept = trainer._without_undecodable_images(batch)
+        assert kept["indices"].tolist() == [4, 6] and trainer.skipped_pairs == 1
+        with pytest.raises(DatasetError, match="Every image of a training batch"):
+            trainer._without_undecodable_images({"valid": torch.tensor([0, 0])})
+        results = CPCLTrainer.test(cfg, trainer.model)
+    assert 0 <= results["Rank-1"] <= 100
+
+
+def test_a_corrupt_image_stops_training_with_its_path(tmp_path):
+    root = str(tmp_path / "data")
+    opts = ["DATASETS.ROOT", root, "OUTPUT_DIR", str(tmp_path / "out"),
+            "DATALOADER.NUM_WORKERS", "1"]
+    cfg = load_config(TINY, opts)
+    bad = build_dataset(cfg, "SyntheticPedes").split("train")[0].image_path
+    _corrupt(bad)
+    proc = run_train_net("--config-file", TINY, *opts)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: Cannot read image {bad}") and "SKIP_BAD_IMAGES" in last
+    assert "Traceback" not in proc.stderr
+
+
+def test_tests_entries_name_a_split(tiny_cfg):
+    assert parse_test_name("CUHKPEDES") == ("CUHKPEDES", "test")
+    assert parse_test_name("CUHKPEDES:val") == ("CUHKPEDES", "val")
+    with pytest.raises(DatasetError, match="'CUHKPEDES:train' names split 'train'"):
+        parse_test_name("CUHKPEDES:train")
+    from cpcl_plugin.data import build_text_image_test_loader
+    cfg = tiny_cfg("DATASETS.SYNTHETIC.NUM_VAL_IDS", "3")
+    val = build_dataset(cfg, "SyntheticPedes").split("val")
+    _, num_query = build_text_image_test_loader(cfg, "SyntheticPedes:val")
+    assert num_query == sum(len(r.captions) for r in val) == 3 * 2 * 2
+
+
+def test_checkpoint_selected_on_val_and_reported_on_test(tmp_path, data_root):
+    out = tmp_path / "out"
+    proc = run_train_net("--config-file", TINY, "DATASETS.ROOT", data_root, "OUTPUT_DIR", str(out),
+                         "DATASETS.SYNTHETIC.NUM_VAL_IDS", "3",
+                         "DATASETS.TESTS", '("SyntheticPedes:val", "SyntheticPedes:test")')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    table = log[log.rindex("Text-to-image results:"):]
+    best = torch.load(out / "model_best.pth", map_location="cpu", weights_only=False)
+    label = f"best on SyntheticPedes:val (epoch {best['epoch'] + 1})"
+    for row in ("after training", label):
+        for split in ("val", "test"):
+            assert f"| {row}" in table and f"SyntheticPedes:{split}" in table
+    assert table.count(label) == 2
+
+
+def test_cuhk_config_without_the_dataset_says_where_and_how(tmp_path):
+    proc = run_train_net("--config-file", os.path.join(REPO, "configs", "CPCL", "cuhk.yml"),
+                         "DATASETS.ROOT", str(tmp_path))
+    assert proc.returncode == 2
+    message = proc.stderr.strip()
+    assert len(message.splitlines()) == 1 and "Traceback" not in message
+    assert str(tmp_path / "CUHK-PEDES") in message and "reid_raw.json" in message
+    assert "imgs/" in message and "request it from its authors" in message
+
+
+def _check_dataset(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "tools", "check_dataset.py"), *args],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+def test_check_dataset_tool(tmp_path):
+    write_dataset(str(tmp_path / "RSTPReid"), "data_captions.json", official_entries("img_path"),
+                  image_key="img_path")
+    proc = _check_dataset("RSTPReid", "--root", str(tmp_path), "--decode")
+    assert proc.returncode == 0, proc.stderr
+    assert "its 7 images exist" in proc.stdout and "Decoded 7 images" in proc.stdout
+    assert "| train   | 2       | 3          | 7" in proc.stdout
+
+    _corrupt(str(tmp_path / "RSTPReid" / "imgs" / "val" / "p3.jpg"))
+    assert _check_dataset("RSTPReid", "--root", str(tmp_path)).returncode == 0  # exists
+    proc = _check_dataset("RSTPReid", "--root", str(tmp_path), "--decode")
+    assert proc.returncode == 2 and "1 cannot be read" in proc.stdout
+    assert proc.stderr.startswith("error: 1 images of RSTPReid cannot be decoded, e.g. ")
+
+    proc = _check_dataset("CUHKPEDES", "--root", str(tmp_path))
+    assert proc.returncode == 2 and "CUHK-PEDES does not exist" in proc.stderr

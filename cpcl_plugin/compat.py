@@ -20,6 +20,10 @@ Patches, and why:
   which torch 2 deprecates with a warning per image; the warning is silenced, the code still works.
 - ``cuda_home_warning``: FastReID's ``collect_env_info`` imports ``torch.utils.cpp_extension``,
   which warns "No CUDA runtime is found" on CPU-only machines; that logger is quieted there only.
+- ``one_sentence_errors``: ``TrainerBase.train`` logs every exception with its traceback before
+  re-raising it. Errors whose class sets ``one_sentence = True`` (the project's ConfigError and
+  DatasetError) already say what to fix and are printed by the tools as one line; their
+  traceback is left out of that log record.
 - ``launch_gloo``: ``fastreid.engine.launch._distributed_worker`` asserts CUDA, hard-codes NCCL and
   calls ``torch.cuda.set_device``. The replacement uses gloo and no CUDA call when CUDA is absent
   or when ``CPCL_DEVICE=cpu`` is in the environment (``tools/train_net.py`` sets it from
@@ -200,6 +204,17 @@ def _quiet_cuda_home_warning():
     return True
 
 
+class _OneSentenceErrorFilter(logging.Filter):
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        return not getattr(exc, "one_sentence", False)
+
+
+def _quiet_one_sentence_errors():
+    logging.getLogger("fastreid.engine.train_loop").addFilter(_OneSentenceErrorFilter())
+    return True
+
+
 _PATCHES = (
     ("collections_abc_aliases", _patch_collections),
     ("torch_six", _patch_torch_six),
@@ -208,6 +223,7 @@ _PATCHES = (
     ("launch_gloo", _patch_launch),
     ("typed_storage_warning", _quiet_typed_storage_warning),
     ("cuda_home_warning", _quiet_cuda_home_warning),
+    ("one_sentence_errors", _quiet_one_sentence_errors),
 )
 
 

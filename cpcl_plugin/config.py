@@ -18,6 +18,8 @@ __all__ = ["add_cpcl_config", "load_config", "check_config", "check_schedule", "
 class ConfigError(ValueError):
     """A config file, key or value the user has to fix; the message says which and how."""
 
+    one_sentence = True  # printed as its message alone (see compat: one_sentence_errors)
+
 
 def add_cpcl_config(cfg):
     """Declare the plugin's keys on a FastReID config (before ``merge_from_file``)."""

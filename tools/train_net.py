@@ -81,8 +81,18 @@ def evaluate_selected_checkpoint(cfg, model):
     best metric on the first one (e.g. CUHKPEDES:val): evaluate it on all of them (e.g. report
     its CUHKPEDES:test numbers). Returns [(row label, results)], empty with a single entry."""
     path = os.path.join(cfg.OUTPUT_DIR, "model_best.pth")
+    if len(cfg.DATASETS.TESTS) < 2:
+        return []
     comm.synchronize()  # rank 0 has written it
-    if len(cfg.DATASETS.TESTS) < 2 or not os.path.isfile(path):
+    # Every process must see rank 0's file (a shared OUTPUT_DIR), or none evaluates it.
+    stat = os.stat(path) if os.path.isfile(path) else None
+    seen = comm.all_gather(stat and (stat.st_size, stat.st_mtime_ns))
+    if seen[0] is None:
+        return []
+    if any(s != seen[0] for s in seen):
+        if comm.is_main_process():
+            logger.warning(f"{path} is not visible to every process (OUTPUT_DIR is not shared "
+                           f"between the machines): evaluate it with --eval-only MODEL.WEIGHTS.")
         return []
     extra = Checkpointer(unwrap(model)).load(path)
     label = f"best on {cfg.DATASETS.TESTS[0]} (epoch {int(extra.get('epoch', -1)) + 1})"

@@ -21,6 +21,7 @@ an image decodes is found when it is read (`load_image`), or by tools/check_data
 import json
 import logging
 import os
+import re
 from collections import namedtuple
 
 from fastreid.data.datasets import DATASET_REGISTRY
@@ -44,6 +45,8 @@ SPLITS = ("train", "val", "test")
 
 class DatasetError(ValueError):
     """Missing or malformed dataset files; the message names the file and entry."""
+
+    one_sentence = True  # printed as its message alone (see compat: one_sentence_errors)
 
     def __str__(self):
         # A DataLoader worker re-raises this error in the main process with the worker's
@@ -105,7 +108,8 @@ def _missing_files(paths):
 
 
 def _is_integer(value):
-    return isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit())
+    return isinstance(value, int) or (isinstance(value, str) and
+                                      re.fullmatch(r"-?[0-9]+", value) is not None)
 
 
 class TextImageDataset:
@@ -241,8 +245,10 @@ class TextImageDataset:
         """The list of ImageRecord of split `name` ("train", "val" or "test")."""
         if name not in self.records or not self.records[name]:
             present = [s for s in self.records if self.records[s]]
+            skipped = (f" ({self.skipped_missing} entries were skipped for missing images)"
+                       if self.skipped_missing else "")
             raise DatasetError(f"{type(self).__name__} ({self.annotation_path}) has no {name!r} "
-                               f"entries; its splits are: {', '.join(present) or 'none'}.")
+                               f"entries{skipped}; its splits are: {', '.join(present) or 'none'}.")
         return self.records[name]
 
     def statistics_table(self):

@@ -117,7 +117,7 @@ class CPCLTrainer(DefaultTrainer):
         self.warmup_iters = cfg.SOLVER.WARMUP_ITERS
         self.delay_epochs = cfg.SOLVER.DELAY_EPOCHS
         self.initial_eval_results = None
-        self.skipped_pairs = 0  # pairs left out because their image could not be decoded
+        self.skipped_pairs = 0  # this rank's pairs left out because their image could not be decoded
         self.register_hooks(self.build_hooks())
 
     # DefaultTrainer reads these from a SimpleTrainer it owns; this trainer steps by itself.
@@ -177,20 +177,27 @@ class CPCLTrainer(DefaultTrainer):
         """The batch without pairs whose image could not be decoded (DATASETS.SKIP_BAD_IMAGES);
         they are counted in ``skipped_pairs``."""
         keep = data["valid"].bool()
-        if bool(keep.all()):
-            return data
-        if not bool(keep.any()):
+        nothing_left = not bool(keep.any())
+        if self.cfg.DATASETS.SKIP_BAD_IMAGES and comm.get_world_size() > 1:
+            # Every rank must stop together: the others would wait in DDP's all-reduce.
+            nothing_left = any(comm.all_gather(nothing_left))
+        if nothing_left:
             raise DatasetError("Every image of a training batch could not be decoded; check the "
                                "dataset's image files (tools/check_dataset.py --decode).")
+        if bool(keep.all()):
+            return data
         self.skipped_pairs += int((~keep).sum())
         return {k: v[keep] if isinstance(v, torch.Tensor) else v for k, v in data.items()}
 
     def after_epoch(self):
         self._epoch_iter = None
-        if self.skipped_pairs:
-            logger.warning(f"{self.skipped_pairs} training pairs left out so far: their image "
-                           f"could not be decoded (DATASETS.SKIP_BAD_IMAGES).")
-            self.storage.put_scalar("data/skipped_pairs", self.skipped_pairs, smoothing_hint=False)
+        if self.cfg.DATASETS.SKIP_BAD_IMAGES:
+            skipped = sum(comm.all_gather(self.skipped_pairs)) if comm.get_world_size() > 1 \
+                else self.skipped_pairs
+            if skipped and comm.is_main_process():
+                logger.warning(f"{skipped} training pairs left out so far: their image could "
+                               f"not be decoded (DATASETS.SKIP_BAD_IMAGES).")
+                self.storage.put_scalar("data/skipped_pairs", skipped, smoothing_hint=False)
         super().after_epoch()
 
     def run_step(self):
@@ -209,11 +216,26 @@ class CPCLTrainer(DefaultTrainer):
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
+        if resume:
+            self._restore_best_metric()
         if self.start_epoch >= self.max_epoch:
             raise ConfigError(
                 f"{self.cfg.OUTPUT_DIR} holds a run that already finished epoch "
                 f"{self.start_epoch} of SOLVER.MAX_EPOCH {self.max_epoch}: raise SOLVER.MAX_EPOCH "
                 f"to train on, or evaluate it with --eval-only MODEL.WEIGHTS <checkpoint>.")
+
+    def _restore_best_metric(self):
+        """FastReID's PeriodicCheckpointer starts each run with best metric -1, so after a resume
+        its first checkpoint would replace model_best whatever its metric: start from the one
+        recorded in model_best.pth instead."""
+        path = os.path.join(self.cfg.OUTPUT_DIR, "model_best.pth")
+        periodic = [h for h in self._hooks if isinstance(h, hooks.PeriodicCheckpointer)]
+        if not periodic or not os.path.isfile(path):
+            return
+        best = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        periodic[0].best_metric = float(best.get("metric", -1))
+        logger.info(f"Resumed: model_best.pth (epoch {int(best.get('epoch', -1)) + 1}) has metric "
+                    f"{periodic[0].best_metric:.2f}; a checkpoint must beat it to replace it.")
 
     def train(self):
         results = super().train()

@@ -108,7 +108,25 @@ def test_query_without_positive_is_left_out():
 
 def test_chunking_does_not_change_results():
     sim, qp, gp = random_case(3, nq=50)
-    assert t2i_metrics(sim, qp, gp, chunk=7) == t2i_metrics(sim, qp, gp)
+    chunked, whole = t2i_metrics(sim, qp, gp, chunk_elements=200), t2i_metrics(sim, qp, gp)
+    for k in whole:  # only the summation order differs
+        assert chunked[k] == pytest.approx(whole[k], abs=1e-9), k
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_float32_features_with_exact_ties(seed):
+    """Duplicate gallery images give exactly tied similarities in float32, as real features do."""
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal((30, 8)).astype(np.float32)
+    g[10:20] = g[:10]  # ten gallery images appear twice
+    q = rng.standard_normal((40, 8)).astype(np.float32)
+    gp = rng.integers(0, 6, 30)
+    qp = rng.choice(gp, 40)
+    sim = q @ g.T
+    ours = t2i_metrics(sim, qp, gp, chunk_elements=500)
+    ref = reference_metrics(sim, qp, gp)
+    for k in ours:
+        assert ours[k] == pytest.approx(ref[k], abs=1e-9), k
 
 
 def test_evaluator_reorders_features_by_dataset_index():
@@ -128,3 +146,20 @@ def test_evaluator_reorders_features_by_dataset_index():
     assert res["Rank-1"] == pytest.approx(expected["R1"])
     assert res["mAP"] == pytest.approx(expected["mAP"])
     assert res["metric"] == pytest.approx((expected["mAP"] + expected["R1"]) / 2)
+
+
+def test_evaluator_leaves_out_undecodable_gallery_images():
+    """Images marked valid = 0 (DATASETS.SKIP_BAD_IMAGES) are not in the gallery."""
+    q = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    g = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
+    qp, gp = torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([0, 1, 2, 3, 1])
+    ev = TextImageEvaluator(num_query=6)
+    ev.reset()
+    ev.process({"indices": torch.arange(6), "targets": qp}, q)
+    ev.process({"indices": torch.arange(6, 11), "targets": gp,
+                "valid": torch.tensor([1, 0, 1, 1, 1])}, g)
+    res = ev.evaluate()
+    keep = [0, 2, 3, 4]
+    expected = t2i_metrics((q @ g[keep].t()).numpy(), qp.numpy(), gp[keep].numpy())
+    assert res["Rank-1"] == pytest.approx(expected["R1"])
+    assert res["mAP"] == pytest.approx(expected["mAP"])

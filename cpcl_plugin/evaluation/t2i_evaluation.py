@@ -21,50 +21,86 @@ __all__ = ["t2i_metrics", "TextImageEvaluator", "FeatureCollector", "gather_in_i
 logger = logging.getLogger(__name__)
 
 
-def _rank_statistics(similarity, query_pids, gallery_pids, max_rank):
-    """Per query: CMC hits at ranks 1..max_rank, average precision, inverse negative penalty."""
-    order = np.argsort(-similarity, axis=1, kind="stable")
-    matches = gallery_pids[order] == query_pids[:, None]
-    num_pos = matches.sum(axis=1)
-    valid = num_pos > 0
-    matches, num_pos = matches[valid], num_pos[valid]
-    hits = np.cumsum(matches, axis=1)
-    cmc = hits[:, :max_rank] > 0
-    ranks = np.arange(1, matches.shape[1] + 1)
-    ap = (hits / ranks * matches).sum(axis=1) / num_pos
-    last_pos = matches.shape[1] - np.argmax(matches[:, ::-1], axis=1)  # 1-based rank
-    inp = num_pos / last_pos
-    return cmc, ap, inp, int((~valid).sum())
+def _count_at_least(sorted_values, similarity, strictly):
+    """(q, P): for each sorted positive value s_j, how many gallery items have similarity > s_j
+    (`strictly`) or >= s_j. Each item is placed among the P sorted values by binary search, then
+    a histogram of those places is summed from the top: O(G log P) per query, not O(G P)."""
+    q, p = sorted_values.shape
+    place = torch.searchsorted(sorted_values, similarity, right=not strictly)  # values below
+    hist = torch.zeros(q, p + 1, dtype=torch.int64)
+    hist.scatter_add_(1, place, torch.ones(1, dtype=torch.int64).expand_as(place))
+    return hist.flip(1).cumsum(1).flip(1)[:, 1:]
 
 
-def t2i_metrics(similarity, query_pids, gallery_pids, ks=(1, 5, 10), chunk=1024):
+def _positive_ranks(similarity, pos_index, num_pos):
+    """1-based ranks, ascending, of each query's positives; padded entries are left at 0.
+
+    similarity: (q, G) tensor; pos_index: (q, P) gallery indices of the positives (any padding);
+    num_pos: (q,). The rank of a positive is one plus the number of gallery items a stable
+    descending sort puts before it: higher similarity, or equal similarity and a lower index.
+    Counting those needs no sort of the (q, G) matrix, only of the (q, P) positive values.
+    """
+    q, p = pos_index.shape
+    pad = torch.arange(p)[None, :] >= num_pos[:, None]
+    pos_sim = similarity.gather(1, pos_index).masked_fill(pad, float("inf"))  # padding sorts last
+    pos_sim, perm = pos_sim.sort(dim=1)
+    pos_index, pad = pos_index.gather(1, perm), pad.gather(1, perm)
+    above = _count_at_least(pos_sim, similarity, strictly=True)
+    level = _count_at_least(pos_sim, similarity, strictly=False)
+    tied = torch.nonzero((level - above > 1) & ~pad)  # another item has exactly this value: rare
+    for i, j in tied.tolist():
+        above[i, j] += int((similarity[i, :pos_index[i, j]] == pos_sim[i, j]).sum())
+    ranks = (above + 1).masked_fill(pad, torch.iinfo(torch.int64).max)
+    ranks = ranks.sort(dim=1).values
+    return ranks.masked_fill(ranks == torch.iinfo(torch.int64).max, 0)
+
+
+def t2i_metrics(similarity, query_pids, gallery_pids, ks=(1, 5, 10), chunk_elements=1 << 24):
     """R@k for k in `ks`, mAP and mINP, in percent, of a (num_query, num_gallery) similarity.
 
     Queries whose identity has no gallery image are left out (and logged), as FastReID does.
-    Computed in chunks of queries, so memory stays O(chunk x num_gallery).
+    Only the ranks of the positives are computed (`_positive_ranks`), for chunks of about
+    `chunk_elements` similarities, so memory stays small beside the similarity matrix itself.
     """
-    similarity = np.asarray(similarity)
+    sim = torch.as_tensor(np.asarray(similarity))
     query_pids, gallery_pids = np.asarray(query_pids), np.asarray(gallery_pids)
-    if similarity.shape != (len(query_pids), len(gallery_pids)):
-        raise ValueError(f"similarity has shape {similarity.shape}, but there are "
+    if sim.shape != (len(query_pids), len(gallery_pids)):
+        raise ValueError(f"similarity has shape {tuple(sim.shape)}, but there are "
                          f"{len(query_pids)} query and {len(gallery_pids)} gallery ids.")
-    max_rank = min(max(ks), similarity.shape[1])
-    cmc_sum = np.zeros(max_rank)
-    ap_sum = inp_sum = 0.0
-    num_valid = num_skipped = 0
-    for lo in range(0, len(query_pids), chunk):
-        cmc, ap, inp, skipped = _rank_statistics(similarity[lo:lo + chunk],
-                                                 query_pids[lo:lo + chunk], gallery_pids, max_rank)
-        cmc_sum += cmc.sum(axis=0)
-        ap_sum += ap.sum()
-        inp_sum += inp.sum()
-        num_valid += len(ap)
-        num_skipped += skipped
-    if num_valid == 0:
+    # Gallery indices grouped by identity, ascending within each identity.
+    ids, gallery_code = np.unique(gallery_pids, return_inverse=True)
+    counts = np.bincount(gallery_code, minlength=len(ids))
+    grouped = np.argsort(gallery_code, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    code = np.clip(np.searchsorted(ids, query_pids), 0, max(len(ids) - 1, 0))
+    num_pos = np.where((len(ids) > 0) & (ids[code] == query_pids), counts[code], 0) \
+        if len(ids) else np.zeros(len(query_pids), dtype=np.int64)
+    queries = np.flatnonzero(num_pos > 0)
+    num_skipped = len(query_pids) - len(queries)
+    if len(queries) == 0:
         raise ValueError("No query has a positive in the gallery: query and gallery identities "
                          "are disjoint.")
+    queries = queries[np.argsort(num_pos[queries], kind="stable")]  # little padding per chunk
+    max_rank = min(max(ks), sim.shape[1])
+    cmc_sum = np.zeros(max_rank)
+    ap_sum = inp_sum = 0.0
+    rows = max(1, chunk_elements // sim.shape[1])
+    for lo in range(0, len(queries), rows):
+        chunk = queries[lo:lo + rows]
+        n = num_pos[chunk]
+        p = int(n.max())
+        offsets = np.minimum(np.arange(p)[None, :], n[:, None] - 1)
+        pos_index = torch.as_tensor(grouped[starts[code[chunk]][:, None] + offsets])
+        ranks = _positive_ranks(sim[torch.as_tensor(chunk)], pos_index, torch.as_tensor(n))
+        ranks = ranks.numpy()
+        first, last = ranks[:, 0], ranks.max(axis=1)
+        cmc_sum += (first[:, None] <= np.arange(1, max_rank + 1)[None, :]).sum(axis=0)
+        precision = np.where(ranks > 0, np.arange(1, p + 1)[None, :] / np.maximum(ranks, 1), 0.0)
+        ap_sum += (precision.sum(axis=1) / n).sum()
+        inp_sum += (n / last).sum()
     if num_skipped:
         logger.warning(f"{num_skipped} queries have no positive in the gallery and are left out.")
+    num_valid = len(queries)
     out = OrderedDict()
     for k in ks:
         out[f"R{k}"] = 100.0 * cmc_sum[min(k, max_rank) - 1] / num_valid

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 install: $(STAMP)
 
@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,bench]"
 	# FastReID's metadata pins torch 1.13.1: install it without its dependencies.
 	$(PY) -m pip install -q --no-deps fastreid==1.4.0
 	$(PY) -c "import cpcl_plugin; print('cpcl_plugin ready; compat patches:', cpcl_plugin.compat.applied())"
@@ -23,6 +23,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# Every benchmark, about 75 minutes on two cores; rewrites docs/benchmarks.md and docs/img/.
+bench: install
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) logs *.egg-info

@@ -34,5 +34,6 @@ setup(
     extras_require={
         "gpu": ["faiss-gpu"],
         "test": ["pytest>=7"],
+        "bench": ["matplotlib"],  # plots of `make bench`
     },
 )

@@ -1,7 +1,7 @@
 """Clustering benchmark: the project's sparse Jaccard + DBSCAN against FastReID's dense path.
 
-    python benchmarks/clustering.py                 # N = 20,000 (both paths) and 68,000 (sparse)
-    python benchmarks/clustering.py --sizes 5000 20000 --dense-max 20000
+    python benchmarks/clustering.py                 # N = 5k to 68k; dense up to 20k
+    python benchmarks/clustering.py --sizes 5000 20000 --dense-max 20000 --plot clustering.png
 
 Features: 512-d unit vectors drawn around N / 6 identity centres (about six samples per identity,
 as CUHK-PEDES has captions per identity), with per-sample noise so that some are outliers. Each
@@ -46,9 +46,11 @@ def run_one(path, n, out):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 68000])
+    parser.add_argument("--sizes", type=int, nargs="+",
+                        default=[5000, 10000, 20000, 34000, 68000])
     parser.add_argument("--dense-max", type=int, default=20000,
                         help="largest N for the dense path (it needs ~14 N^2 bytes)")
+    parser.add_argument("--plot", help="write time and peak memory against N to this PNG file")
     parser.add_argument("--child", nargs=3, metavar=("PATH", "N", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -80,6 +82,27 @@ def main():
         ari_cell = f"{ari:.4f}" if d else "–"
         print(f"| {n:,} | {dense_cells} | {s['seconds']:.1f} | {s['peak_gb']:.2f} | {speedup} | "
               f"{ari_cell} | {s['clusters']} | {s['outliers']} |")
+    if args.plot:
+        plot(rows, args.plot)
+
+
+def plot(rows, path):
+    """Two panels, time and peak memory against N, dense beside sparse."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, key, label in ((axes[0], "seconds", "seconds"), (axes[1], "peak_gb", "peak memory (GB)")):
+        for name, idx, style in (("FastReID dense", 1, "o--"), ("project sparse", 2, "s-")):
+            pts = [(row[0], row[idx][key]) for row in rows if row[idx] is not None]
+            ax.plot(*zip(*pts), style, label=name)
+        ax.set_xlabel("N (features)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"Jaccard distance + DBSCAN, 512-d features, {os.cpu_count()} CPU cores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

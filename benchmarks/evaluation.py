@@ -33,7 +33,7 @@ CUHK = (6156, 3074, 1000)
 ICFG = (19848, 19848, 1000)
 
 
-def similarity_case(num_query, num_gallery, num_ids, seed=0, dim=512, noise=1.2):
+def similarity_case(num_query, num_gallery, num_ids, seed=0, dim=512, noise=2.6):
     """(similarity float32, query ids, gallery ids): every identity has gallery images."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((num_ids, dim)).astype(np.float32)

@@ -1,0 +1,101 @@
+"""Run every benchmark and write docs/benchmarks.md with what each printed (`make bench`).
+
+    python benchmarks/run_all.py                    # all of them, about 75 minutes on 2 cores
+    python benchmarks/run_all.py --only evaluation throughput
+
+Each benchmark runs as its own process, one after the other (the speed measurements first, while
+nothing else runs); its standard output goes into the document verbatim under the command that
+produced it, and its plot, if it makes one, into docs/img/. Nothing in the document is typed by
+hand: a benchmark left out with --only keeps the section of the previous document.
+"""
+import argparse
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(REPO, "docs", "benchmarks.md")
+IMG = os.path.join(REPO, "docs", "img")
+
+# (name, title, script arguments, plot file or None, what it shows)
+BENCHMARKS = [
+    ("evaluation", "Evaluation speed", ["benchmarks/evaluation.py"], None,
+     "Text-to-image metrics (R1/5/10, mAP, mINP) at the CUHK-PEDES and ICFG-PEDES test shapes, "
+     "against FastReID's `evaluate_rank` and a vectorised argsort reference."),
+    ("clustering", "Clustering scale",
+     ["benchmarks/clustering.py", "--plot", "docs/img/clustering.png"], "clustering.png",
+     "The per-epoch k-reciprocal Jaccard distance + DBSCAN, the project's sparse path beside "
+     "FastReID's dense `compute_jaccard_distance` while the dense one fits in memory."),
+    ("throughput", "Training throughput", ["benchmarks/throughput.py"], None,
+     "Steps per second of `CPCLTrainer` against a plain PyTorch loop over the same model, "
+     "optimiser, batches and loss, and the pseudo-label pass's share of an epoch."),
+    ("dataset_validation", "Dataset validation", ["benchmarks/dataset_validation.py"], None,
+     "Loading and validating a CUHK-PEDES-sized annotation file, image existence included."),
+    ("quality", "Quality: the CPCL ablation on the synthetic dataset",
+     ["benchmarks/quality.py", "--plot", "docs/img/ablation.png"], "ablation.png",
+     "Does each part of CPCL help, and how far is it from training on the true identities?"),
+]
+
+
+def previous_sections():
+    """{name: section text} of the existing document, to keep sections not re-run."""
+    if not os.path.isfile(DOC):
+        return {}
+    text = open(DOC, encoding="utf-8").read()
+    parts = re.split(r"(?m)^<!-- benchmark: (\w+) -->\n", text)
+    return {parts[i]: parts[i + 1].rstrip() + "\n" for i in range(1, len(parts) - 1, 2)}
+
+
+def run(name, title, args, image, what):
+    command = "python " + " ".join(args)
+    print(f"== {command}", flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable] + args, cwd=REPO, capture_output=True, text=True)
+    minutes = (time.perf_counter() - start) / 60
+    if proc.returncode:
+        raise SystemExit(f"{command} failed:\n{proc.stderr[-4000:]}")
+    lines = [f"## {title}", "", what, "", f"Command: `{command}` ({minutes:.1f} minutes)", "",
+             proc.stdout.strip(), ""]
+    if image:
+        lines += [f"![{title}](img/{image})", ""]
+    print(proc.stdout, flush=True)
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", nargs="+", choices=[b[0] for b in BENCHMARKS])
+    args = parser.parse_args()
+    os.makedirs(IMG, exist_ok=True)
+    sections = previous_sections()
+    for name, title, script_args, image, what in BENCHMARKS:
+        if args.only is None or name in args.only:
+            sections[name] = run(name, title, script_args, image, what)
+    import torch
+    header = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python benchmarks/run_all.py`): every number below is what the "
+        "command above it printed; nothing is typed in by hand. Speeds are ratios measured side "
+        "by side in one script on one machine.",
+        "",
+        f"Last run: {datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}"
+        f", {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch "
+        f"{torch.__version__}, no GPU" if not torch.cuda.is_available() else
+        f"Last run: {datetime.date.today().isoformat()}, GPU {torch.cuda.get_device_name(0)}",
+        "",
+    ]
+    body = [f"<!-- benchmark: {name} -->\n{sections[name]}" for name, *_ in BENCHMARKS
+            if name in sections]
+    with open(DOC + ".tmp", "w", encoding="utf-8") as f:
+        f.write("\n".join(header) + "\n" + "\n".join(body))
+    os.replace(DOC + ".tmp", DOC)
+    print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()

@@ -34,7 +34,8 @@ Also here, used in place of FastReID's classes rather than patched into them:
 - `writer_classes()` (TensorboardWriter, JSONWriter): FastReID's writers keep one "last written iteration" for
   all scalars, so a scalar put after a write at the same iteration is never written; evaluation
   metrics (put after the epoch's last step) never reached TensorBoard or metrics.json. These
-  keep the last written iteration per scalar.
+  keep the last written iteration per scalar, and write once more when closed. They handle
+  scalars only (the project puts no images or histograms).
 
 Not patched here, because the project simply does not use the broken path: ``build_optimizer``'s
 ContiguousParams (the trainer calls it with ``contiguous=False``), ``ReidEvaluator`` (the project
@@ -252,6 +253,10 @@ def writer_classes():
                 for name, value in scalars.items():
                     self._writer.add_scalar(name, value, iteration)
 
+        def close(self):  # the evaluation after the last epoch comes after the last write
+            self.write()
+            super().close()
+
     class JSONWriter(events.JSONWriter):
         """FastReID's metrics.json writer, with the last written iteration kept per scalar."""
 
@@ -263,6 +268,10 @@ def writer_classes():
                                                    sort_keys=True) + "\n")
             self._file_handle.flush()
             os.fsync(self._file_handle.fileno())
+
+        def close(self):
+            self.write()
+            super().close()
 
     return TensorboardWriter, JSONWriter
 

@@ -153,7 +153,8 @@ def add_cpcl_config(cfg):
     _C.SOLVER.AMP.DTYPE = "float16"
     # > 0: each evaluation also draws the top-k gallery images of TEST.VIS_QUERIES evenly spaced
     # queries (green: same identity, red: another) to OUTPUT_DIR/ranked_lists/<DATASETS.TESTS
-    # entry>/query_<index>.png; works with --eval-only too.
+    # entry>/query_<index>.png, replacing those of the previous evaluation (after a run with
+    # several DATASETS.TESTS entries, the last are model_best's); works with --eval-only too.
     _C.TEST.VIS_TOPK = 0
     _C.TEST.VIS_QUERIES = 8
     return cfg
@@ -235,10 +236,9 @@ def check_config(cfg):
     if cfg.SOLVER.AMP.DTYPE not in ("float16", "bfloat16"):
         raise ConfigError(f"SOLVER.AMP.DTYPE must be 'float16' or 'bfloat16', got "
                           f"{cfg.SOLVER.AMP.DTYPE!r}.")
-    if cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.DTYPE == "bfloat16" and \
-            str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_bf16_supported():
-        raise ConfigError("SOLVER.AMP.DTYPE bfloat16 needs a GPU with bfloat16 support; use "
-                          "float16 on this one.")
+    if cfg.TEST.VIS_TOPK < 0 or cfg.TEST.VIS_QUERIES < 1:
+        raise ConfigError(f"TEST.VIS_TOPK must be >= 0 and TEST.VIS_QUERIES >= 1, got "
+                          f"{cfg.TEST.VIS_TOPK} and {cfg.TEST.VIS_QUERIES}.")
     if cfg.TEST.EVAL_PERIOD <= 0:
         raise ConfigError(f"TEST.EVAL_PERIOD must be a positive number of epochs, got "
                           f"{cfg.TEST.EVAL_PERIOD}.")

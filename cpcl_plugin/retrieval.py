@@ -8,6 +8,7 @@ be saved and reloaded, answer typed queries. Used by tools/retrieve.py; usable f
 """
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -66,7 +67,10 @@ class GalleryIndex:
         from .engine.trainer import parameter_digest
         _, image_f, valid = encode_captions_and_images(cfg, model, [], image_paths)
         keep = np.flatnonzero(valid)
-        return cls(image_f[keep], [image_paths[i] for i in keep],
+        if len(keep) == 0:
+            raise DatasetError(f"None of the {len(image_paths)} gallery images could be decoded "
+                               f"(e.g. {image_paths[0]}).")
+        return cls(image_f[keep], [os.path.abspath(image_paths[i]) for i in keep],
                    None if pids is None else np.asarray(pids)[keep], parameter_digest(model))
 
     def __len__(self):
@@ -79,6 +83,7 @@ class GalleryIndex:
 
     def save(self, path):
         """Write the index to `path` (.npz), atomically."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = path + ".tmp.npz"
         np.savez(tmp, features=self.features, pids=self.pids,
                  meta=np.array(json.dumps({"image_paths": self.image_paths,
@@ -91,11 +96,14 @@ class GalleryIndex:
         if not os.path.isfile(path):
             raise ConfigError(f"Gallery index {path} does not exist; create it with --save-index.")
         try:
-            with np.load(path) as data:
+            data = np.load(path)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            with data:
                 meta = json.loads(str(data["meta"]))
                 index = cls(data["features"], meta["image_paths"], data["pids"],
                             meta["model_digest"])
-        except (OSError, KeyError, ValueError) as err:
+        except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as err:
             raise ConfigError(f"{path} is not a gallery index saved by tools/retrieve.py "
                               f"--save-index ({err}).") from None
         if model is not None:

@@ -140,19 +140,38 @@ def _cpu_autocast_dtypes():
 
 @pytest.mark.parametrize("dtype", _cpu_autocast_dtypes())
 def test_mixed_precision_step(tiny_cfg, dtype):
-    """SOLVER.AMP: one step trains every parameter, the losses and the memory stay float32, and
-    float16 gets a gradient scaler (saved with checkpoints)."""
+    """SOLVER.AMP: the encoders run in `dtype`, the losses get float32 features, the prototype
+    memory stays float32 through its momentum update, every parameter trains, and float16 gets
+    a gradient scaler (saved with checkpoints)."""
+    from fastreid.utils.events import EventStorage
     cfg = tiny_cfg("SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", dtype)
-    trainer, before, changed = _one_step(cfg)
+    trainer = CPCLTrainer(cfg)
+    model = trainer.model
+    seen = []
+    losses_of = model._losses
+
+    def recording(image_features, text_features, batch):
+        seen.append((image_features.dtype, text_features.dtype, torch.is_autocast_enabled("cpu")))
+        return losses_of(image_features, text_features, batch)
+    model._losses = recording
+    encoded = []
+    model.text_encoder.register_forward_hook(lambda m, i, out: encoded.append(out.dtype))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trainer.epoch, trainer.iter = 0, 0
+    with EventStorage(0) as trainer.storage:
+        trainer.pseudo_label_hook.trainer = trainer
+        trainer.pseudo_label_hook.before_epoch()  # pseudo labels: the memory takes part
+        assert model.memory.ready
+        encoded.clear()  # the pass above encodes in float32, outside autocast
+        trainer.run_step()
+    assert encoded == [getattr(torch, dtype)]
+    assert seen == [(torch.float32, torch.float32, False)]
+    assert model.memory.image_prototypes.dtype == torch.float32
+    changed = [n for n, p in model.named_parameters() if n in before
+               and not torch.equal(before[n], p.detach())]
     assert len(changed) == len(before), set(before) - set(changed)
     assert (trainer.grad_scaler is not None) == (dtype == "float16")
-    if dtype == "float16":
-        assert "grad_scaler" in trainer.checkpointer.checkpointables
-    from fastreid.utils.events import EventStorage
-    with EventStorage(0):
-        with torch.autocast("cpu", dtype=getattr(torch, dtype)):
-            losses = trainer.model(trainer._next_batch())
-    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    assert ("grad_scaler" in trainer.checkpointer.checkpointables) == (dtype == "float16")
 
 
 def test_gradient_checkpointing_changes_nothing_but_memory(tiny_cfg):

@@ -86,6 +86,13 @@ def main(argv=None):
         if args.topk < 1:
             raise ConfigError(f"--topk must be at least 1, got {args.topk}.")
         queries = read_queries(args)
+        output_dir = args.output_dir or os.path.join(cfg.OUTPUT_DIR, "retrieval")
+        try:  # before minutes of encoding, not after
+            os.makedirs(output_dir, exist_ok=True)
+            if args.save_index:
+                os.makedirs(os.path.dirname(os.path.abspath(args.save_index)), exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"Cannot write to {err.filename}: {err.strerror}.") from None
         model = CPCLTrainer.build_model(cfg)
         load_model_weights(model, cfg.MODEL.WEIGHTS)
         model.eval()
@@ -98,7 +105,6 @@ def main(argv=None):
     except (ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    output_dir = args.output_dir or os.path.join(cfg.OUTPUT_DIR, "retrieval")
     for i, query in enumerate(queries):
         query_id = args.query_id if args.query_id is not None else caption_ids.get(query)
         paths = [index.image_paths[r] for r in rows[i]]

@@ -85,6 +85,8 @@ def load_model_weights(model, path):
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ConfigError(f"MODEL.WEIGHTS {path} holds no model state dict; pass a model_*.pth "
                           f"written by training.")
+    # Checkpoints of a DistributedDataParallel model saved without unwrapping it.
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     own = unwrap(model).state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -139,6 +141,10 @@ class CPCLTrainer(DefaultTrainer):
         # SOLVER.AMP: autocast dtype of the forward pass, and a gradient scaler for float16.
         self._device_type = next(model.parameters()).device.type
         self._amp_dtype = getattr(torch, cfg.SOLVER.AMP.DTYPE) if cfg.SOLVER.AMP.ENABLED else None
+        if self._amp_dtype == torch.bfloat16 and self._device_type == "cuda" and \
+                not torch.cuda.is_bf16_supported():  # asked here, where CUDA is in use anyway
+            raise ConfigError("SOLVER.AMP.DTYPE bfloat16 needs a GPU with bfloat16 support; use "
+                              "float16 on this one.")
         self._grad_scaler = torch.amp.GradScaler(self._device_type) \
             if self._amp_dtype == torch.float16 else None
         self._epoch_iter = None

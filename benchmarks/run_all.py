@@ -1,4 +1,5 @@
-"""Run every benchmark and write docs/benchmarks.md with what each printed (`make bench`).
+"""Run every benchmark and write docs/benchmarks.md with what each printed (`make bench`), and the
+README's summary rows (between its benchmarks:start / benchmarks:end markers) from it.
 
     python benchmarks/run_all.py                    # all of them, about 75 minutes on 2 cores
     python benchmarks/run_all.py --only evaluation throughput
@@ -66,6 +67,52 @@ def run(name, title, args, image, what):
     return "\n".join(lines)
 
 
+README = os.path.join(REPO, "README.md")
+START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+
+
+def _rows(section, header, first_cells=None):
+    """The first table of `section` whose header row starts with `header`: its header, rule and
+    the rows whose first cell starts with one of `first_cells` (all rows if None)."""
+    lines = section.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(f"| {header}")), None)
+    if start is None:
+        return ""
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    keep = table[:2] + [r for r in table[2:]
+                        if first_cells is None or any(r.startswith(f"| {c}") for c in first_cells)]
+    return "\n".join(keep)
+
+
+def headline(sections):
+    """The README's benchmark summary: rows copied from the document's tables."""
+    parts = []
+    if "quality" in sections:
+        parts += ["Synthetic ablation (mean ± std over 3 seeds), rows in the paper's order:", "",
+                  _rows(sections["quality"], "row"), ""]
+    if "evaluation" in sections:
+        parts += ["Text-to-image metrics at the CUHK-PEDES test shape:", "",
+                  _rows(sections["evaluation"], "implementation"), ""]
+    if "throughput" in sections:
+        parts += ["Training loop:", "", _rows(sections["throughput"], "loop"), ""]
+    return "\n".join(parts).rstrip()
+
+
+def update_readme(sections):
+    text = open(README, encoding="utf-8").read()
+    if START not in text or END not in text:
+        return
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    with open(README + ".tmp", "w", encoding="utf-8") as f:
+        f.write(f"{head}{START}\n{headline(sections)}\n{END}{tail}")
+    os.replace(README + ".tmp", README)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", nargs="+", choices=[b[0] for b in BENCHMARKS])
@@ -94,7 +141,8 @@ def main():
     with open(DOC + ".tmp", "w", encoding="utf-8") as f:
         f.write("\n".join(header) + "\n" + "\n".join(body))
     os.replace(DOC + ".tmp", DOC)
-    print(f"wrote {DOC}")
+    update_readme(sections)
+    print(f"wrote {DOC} and the summary in README.md")
 
 
 if __name__ == "__main__":

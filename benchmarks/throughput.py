@@ -3,9 +3,9 @@
     python benchmarks/throughput.py                 # configs/CPCL/synthetic.yml, best of 3
     python benchmarks/throughput.py --repeats 5
 
-Both sides run in this process, alternately, on the synthetic config with the same model
-(CPCLTrainer.build_model), optimiser (FastReID's, as the trainer builds it), loader, batches
-(the sampler seeded the same) and loss, for one epoch each:
+Both sides run in this process, alternately (which goes first alternates too), on the synthetic
+config with the same model (CPCLTrainer.build_model), optimiser (FastReID's, as the trainer builds
+it), loader, batches (the sampler seeded the same) and loss, for one epoch each:
 - CPCLTrainer: FastReID's training loop with the plugin's hooks (LR schedule, timers, metric
   writers, checkpointing); timed from the start of the epoch's first step to the end of its last
   step, so per-step hook work counts and the end-of-epoch evaluation does not;
@@ -16,6 +16,7 @@ pseudo labels: the share of its time spent in the per-epoch pass (feature extrac
 training image and caption, clustering, OPLM, memory rebuild). Prints Markdown tables.
 """
 import argparse
+import gc
 import os
 import sys
 import tempfile
@@ -108,12 +109,18 @@ def main():
         cfg = config(args.data_root, tmp, pseudo=False)
         trainer_runs, plain_runs = [], []
         for r in range(args.repeats):
-            torch.manual_seed(r)
-            seconds, steps, _ = trainer_epoch(config(args.data_root, f"{tmp}/t{r}", pseudo=False))
-            trainer_runs.append(steps / seconds)
-            torch.manual_seed(r)
-            seconds, plain_steps = plain_epoch(cfg)
-            plain_runs.append(plain_steps / seconds)
+            # Alternate which loop goes first, so that neither always runs on a warmer process
+            # (allocator, caches) or just after the other's loader workers exit.
+            for which in (("trainer", "plain") if r % 2 == 0 else ("plain", "trainer")):
+                gc.collect()
+                torch.manual_seed(r)
+                if which == "trainer":
+                    seconds, steps, _ = trainer_epoch(config(args.data_root, f"{tmp}/t{r}",
+                                                             pseudo=False))
+                    trainer_runs.append(steps / seconds)
+                else:
+                    seconds, plain_steps = plain_epoch(cfg)
+                    plain_runs.append(plain_steps / seconds)
             assert plain_steps == steps
         full, steps, pass_seconds = trainer_epoch(config(args.data_root, f"{tmp}/p", pseudo=True))
     best_trainer, best_plain = max(trainer_runs), max(plain_runs)

@@ -29,6 +29,14 @@ Patches, and why:
   or when ``CPCL_DEVICE=cpu`` is in the environment (``tools/train_net.py`` sets it from
   ``MODEL.DEVICE`` before launching), and behaves exactly as before otherwise.
 
+Also here, used in place of FastReID's classes rather than patched into them:
+
+- `writer_classes()` (TensorboardWriter, JSONWriter): FastReID's writers keep one "last written iteration" for
+  all scalars, so a scalar put after a write at the same iteration is never written; evaluation
+  metrics (put after the epoch's last step) never reached TensorBoard or metrics.json. These
+  keep the last written iteration per scalar, and write once more when closed. They handle
+  scalars only (the project puts no images or histograms).
+
 Not patched here, because the project simply does not use the broken path: ``build_optimizer``'s
 ContiguousParams (the trainer calls it with ``contiguous=False``), ``ReidEvaluator`` (the project
 has its own text-to-image evaluator on top of ``evaluate_rank``), ``AMPTrainer`` (CUDA-only) and
@@ -36,12 +44,13 @@ DDP's ``device_ids`` on CPU (the trainer builds DDP itself).
 """
 import collections
 import collections.abc
+import functools
 import logging
 import os
 import sys
 import types
 
-__all__ = ["apply", "applied", "dist_backend", "registry_names"]
+__all__ = ["apply", "applied", "dist_backend", "registry_names", "writer_classes"]
 
 _APPLIED = []
 _DONE = False
@@ -213,6 +222,58 @@ class _OneSentenceErrorFilter(logging.Filter):
 def _quiet_one_sentence_errors():
     logging.getLogger("fastreid.engine.train_loop").addFilter(_OneSentenceErrorFilter())
     return True
+
+
+def _new_scalars(storage, window_size, written):
+    """{iteration: {name: value}} of the scalars newer than their own last write; updates
+    `written` ({name: last written iteration})."""
+    out = {}
+    for name, (value, iteration) in storage.latest_with_smoothing_hint(window_size).items():
+        if iteration > written.get(name, -1):
+            out.setdefault(iteration, {})[name] = value
+            written[name] = iteration
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def writer_classes():
+    """(TensorboardWriter, JSONWriter): FastReID's event writers, with the last written iteration
+    kept per scalar (defined on first use: they subclass FastReID's, imported after apply())."""
+    import json
+
+    from fastreid.utils import events
+
+    class TensorboardWriter(events.TensorboardXWriter):
+        """FastReID's TensorBoard writer, with the last written iteration kept per scalar."""
+
+        def write(self):
+            written = self.__dict__.setdefault("_written", {})
+            for iteration, scalars in _new_scalars(events.get_event_storage(), self._window_size,
+                                                   written).items():
+                for name, value in scalars.items():
+                    self._writer.add_scalar(name, value, iteration)
+
+        def close(self):  # the evaluation after the last epoch comes after the last write
+            self.write()
+            super().close()
+
+    class JSONWriter(events.JSONWriter):
+        """FastReID's metrics.json writer, with the last written iteration kept per scalar."""
+
+        def write(self):
+            written = self.__dict__.setdefault("_written", {})
+            new = _new_scalars(events.get_event_storage(), self._window_size, written)
+            for iteration in sorted(new):
+                self._file_handle.write(json.dumps(dict(new[iteration], iteration=iteration),
+                                                   sort_keys=True) + "\n")
+            self._file_handle.flush()
+            os.fsync(self._file_handle.fileno())
+
+        def close(self):
+            self.write()
+            super().close()
+
+    return TensorboardWriter, JSONWriter
 
 
 _PATCHES = (

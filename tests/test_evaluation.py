@@ -163,3 +163,30 @@ def test_evaluator_leaves_out_undecodable_gallery_images():
     expected = t2i_metrics((q @ g[keep].t()).numpy(), qp.numpy(), gp[keep].numpy())
     assert res["Rank-1"] == pytest.approx(expected["R1"])
     assert res["mAP"] == pytest.approx(expected["mAP"])
+
+
+def test_ranked_lists_skip_undecodable_images_and_mark_identities(monkeypatch, tmp_path):
+    """TEST.VIS_TOPK pictures: the i-th drawn image is the i-th ranked decodable gallery image,
+    framed as correct exactly when its identity is the query's."""
+    import cpcl_plugin.visualization as vis
+    drawn = []
+    monkeypatch.setattr(vis, "draw_ranked_list", lambda *args: drawn.append(args))
+    q = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    g = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
+    qp, gp = torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2, 1, 0])
+    dataset = type("Split", (), {"captions": ["c0", "c1", "c2"],
+                                 "image_paths": [f"img{i}.jpg" for i in range(5)]})()
+    ev = TextImageEvaluator(num_query=3, ranked_lists=(dataset, 4, 3, str(tmp_path)))
+    ev.reset()
+    ev.process({"indices": torch.arange(3), "targets": qp}, q)
+    ev.process({"indices": torch.arange(3, 8), "targets": gp,
+                "valid": torch.tensor([1, 1, 0, 1, 1])}, g)
+    ev.evaluate()
+    keep = [0, 1, 3, 4]
+    assert [d[0] for d in drawn] == ["c0", "c1", "c2"]
+    for qi, (caption, paths, scores, correct, _) in enumerate(drawn):
+        sims = (q[qi] @ g[keep].t()).numpy()
+        order = np.argsort(-sims, kind="stable")
+        assert paths == [f"img{keep[o]}.jpg" for o in order]
+        assert np.allclose(scores, sims[order])
+        assert correct == [bool(gp[keep[o]] == qp[qi]) for o in order]

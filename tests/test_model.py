@@ -122,3 +122,65 @@ def test_training_batches_carry_no_identity_labels(tiny_cfg):
     trainer.epoch = 0
     batch = trainer._next_batch()
     assert set(batch) == {"indices", "image_ids", "images", "valid", "tokens"}
+
+
+def _cpu_autocast_dtypes():
+    """The autocast dtypes this CPU build of torch runs (bfloat16 everywhere; float16 in recent
+    releases)."""
+    available = []
+    for dtype in ("bfloat16", "float16"):
+        try:
+            with torch.autocast("cpu", dtype=getattr(torch, dtype)):
+                torch.ones(2, 2) @ torch.ones(2, 2)
+            available.append(dtype)
+        except (RuntimeError, AssertionError):
+            pass
+    return available
+
+
+@pytest.mark.parametrize("dtype", _cpu_autocast_dtypes())
+def test_mixed_precision_step(tiny_cfg, dtype):
+    """SOLVER.AMP: the encoders run in `dtype`, the losses get float32 features, the prototype
+    memory stays float32 through its momentum update, every parameter trains, and float16 gets
+    a gradient scaler (saved with checkpoints)."""
+    from fastreid.utils.events import EventStorage
+    cfg = tiny_cfg("SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", dtype)
+    trainer = CPCLTrainer(cfg)
+    model = trainer.model
+    seen = []
+    losses_of = model._losses
+
+    def recording(image_features, text_features, batch):
+        seen.append((image_features.dtype, text_features.dtype, torch.is_autocast_enabled("cpu")))
+        return losses_of(image_features, text_features, batch)
+    model._losses = recording
+    encoded = []
+    model.text_encoder.register_forward_hook(lambda m, i, out: encoded.append(out.dtype))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trainer.epoch, trainer.iter = 0, 0
+    with EventStorage(0) as trainer.storage:
+        trainer.pseudo_label_hook.trainer = trainer
+        trainer.pseudo_label_hook.before_epoch()  # pseudo labels: the memory takes part
+        assert model.memory.ready
+        encoded.clear()  # the pass above encodes in float32, outside autocast
+        trainer.run_step()
+    assert encoded == [getattr(torch, dtype)]
+    assert seen == [(torch.float32, torch.float32, False)]
+    assert model.memory.image_prototypes.dtype == torch.float32
+    changed = [n for n, p in model.named_parameters() if n in before
+               and not torch.equal(before[n], p.detach())]
+    assert len(changed) == len(before), set(before) - set(changed)
+    assert (trainer.grad_scaler is not None) == (dtype == "float16")
+    assert ("grad_scaler" in trainer.checkpointer.checkpointables) == (dtype == "float16")
+
+
+def test_gradient_checkpointing_changes_nothing_but_memory(tiny_cfg):
+    """MODEL.CLIP.GRAD_CHECKPOINTING recomputes activations: the step is the same."""
+    torch.manual_seed(0)
+    trainer_a, _, _ = _one_step(tiny_cfg("SEED", "3"))
+    torch.manual_seed(0)
+    trainer_b, _, _ = _one_step(tiny_cfg("SEED", "3", "MODEL.CLIP.GRAD_CHECKPOINTING", "True"))
+    assert trainer_b.model.text_encoder.clip.transformer.grad_checkpointing
+    a, b = trainer_a.model.state_dict(), trainer_b.model.state_dict()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name

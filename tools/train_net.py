@@ -18,10 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cpcl_plugin import CPCLTrainer, ConfigError, DatasetError, load_config  # noqa: E402
 from cpcl_plugin.config import check_batch_split, check_config, check_schedule  # noqa: E402
 from cpcl_plugin.data import build_dataset, parse_test_name  # noqa: E402
-from cpcl_plugin.engine.pseudo_labels import unwrap  # noqa: E402
+from cpcl_plugin.engine.trainer import load_model_weights  # noqa: E402
 from fastreid.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from fastreid.utils import comm  # noqa: E402
-from fastreid.utils.checkpoint import Checkpointer  # noqa: E402
 from fastreid.utils.env import seed_all_rng  # noqa: E402
 from fastreid.utils.logger import setup_logger  # noqa: E402
 from tabulate import tabulate  # noqa: E402
@@ -57,7 +56,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = CPCLTrainer.build_model(cfg)
-        Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+        load_model_weights(model, cfg.MODEL.WEIGHTS)
         results = CPCLTrainer.test(cfg, model)
         if comm.is_main_process():
             logger.info("Text-to-image results of %s:\n%s", cfg.MODEL.WEIGHTS,
@@ -94,7 +93,7 @@ def evaluate_selected_checkpoint(cfg, model):
             logger.warning(f"{path} is not visible to every process (OUTPUT_DIR is not shared "
                            f"between the machines): evaluate it with --eval-only MODEL.WEIGHTS.")
         return []
-    extra = Checkpointer(unwrap(model)).load(path)
+    extra = load_model_weights(model, path)
     label = f"best on {cfg.DATASETS.TESTS[0]} (epoch {int(extra.get('epoch', -1)) + 1})"
     return [(label, CPCLTrainer.test(cfg, model))]
 

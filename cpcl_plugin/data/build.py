@@ -29,7 +29,8 @@ from .tokenizer import build_tokenizer
 
 __all__ = ["TextImagePairs", "CaptionsThenImages", "EpochPairSampler",
            "PseudoIdentitySampler", "KindAwareBatchSampler", "build_feature_loader",
-           "build_text_image_train_loader", "build_text_image_test_loader", "flatten_pairs"]
+           "build_text_image_train_loader", "build_text_image_test_loader", "flatten_pairs",
+           "captions_then_images_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ def build_text_image_train_loader(cfg):
     return _loader(cfg, train_set, batch_sampler)
 
 
-def _captions_then_images_loader(cfg, dataset, batch_size):
+def captions_then_images_loader(cfg, dataset, batch_size):
     """(loader, number of captions) over a CaptionsThenImages set, sharded over the ranks."""
     batch_sampler = KindAwareBatchSampler(len(dataset), dataset.num_query,
                                           max(1, batch_size // comm.get_world_size()))
@@ -281,7 +282,7 @@ def _captions_then_images_loader(cfg, dataset, batch_size):
 def build_feature_loader(cfg, pairs_set):
     """(loader, number of captions) over the training captions then images, test transforms."""
     dataset = CaptionsThenImages.for_pseudo_labels(pairs_set, build_transforms(cfg, is_train=False))
-    return _captions_then_images_loader(cfg, dataset, cfg.PSEUDO.BATCH_SIZE)
+    return captions_then_images_loader(cfg, dataset, cfg.PSEUDO.BATCH_SIZE)
 
 
 def build_text_image_test_loader(cfg, test_name):
@@ -291,4 +292,4 @@ def build_text_image_test_loader(cfg, test_name):
     dataset = CaptionsThenImages.for_evaluation(build_dataset(cfg, name).split(split),
                                                 build_transforms(cfg, is_train=False),
                                                 build_tokenizer(cfg), cfg.DATASETS.SKIP_BAD_IMAGES)
-    return _captions_then_images_loader(cfg, dataset, cfg.TEST.IMS_PER_BATCH)
+    return captions_then_images_loader(cfg, dataset, cfg.TEST.IMS_PER_BATCH)

@@ -15,14 +15,13 @@ import time
 import numpy as np
 import torch
 from fastreid.engine.train_loop import HookBase
-from fastreid.evaluation import inference_on_dataset
 from fastreid.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
 from ..clustering import cluster, cooccurrence, mine_outliers, prototypes, pseudo_label_quality
 from ..data.build import build_feature_loader, flatten_pairs
 from ..data.datasets import build_dataset
-from ..evaluation.t2i_evaluation import FeatureCollector
+from ..evaluation.features import extract_features
 
 __all__ = ["PseudoLabelHook", "unwrap"]
 
@@ -62,11 +61,8 @@ class PseudoLabelHook(HookBase):
             sampler.set_labels(None)
             return
         start = time.perf_counter()
-        loader, num_captions = build_feature_loader(cfg, train_set)
-        collected = inference_on_dataset(trainer.model, loader, FeatureCollector())
-        feats = collected["feats"].numpy()
-        text_f, image_f = feats[:num_captions], feats[num_captions:]
-        image_valid = collected["valid"][num_captions:].numpy()
+        text_f, image_f, image_valid = extract_features(trainer.model,
+                                                        *build_feature_loader(cfg, train_set))
         labels = None
         if comm.is_main_process():
             try:

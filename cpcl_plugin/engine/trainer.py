@@ -6,8 +6,9 @@ What differs, and why:
   checkpoints are written atomically; no ``num_classes`` auto-scaling (there are no classes).
 - `build_optimizer`: FastReID's parameter groups (``heads`` get SOLVER.HEADS_LR_FACTOR) without
   ContiguousParams, whose buffers stop updating on torch >= 2.
-- `run_step`: draws from the epoch iterator; SimpleTrainer's step, then the prototype memory's
-  momentum update.
+- `run_step`: draws from the epoch iterator; SimpleTrainer's step, with autocast and a gradient
+  scaler under SOLVER.AMP (FastReID's AMPTrainer is CUDA-only and float16-only), then the
+  prototype memory's momentum update; logs the temperature.
 - `build_hooks`: the PseudoLabelHook first (pseudo labels, memory and sampler before each epoch).
 - `build_evaluator`: the text-to-image evaluator; `build_hooks`: FastReID's hooks with a
   configurable log period and the optional evaluation before training.
@@ -25,16 +26,17 @@ from fastreid.engine.train_loop import SimpleTrainer, TrainerBase
 from fastreid.solver import build_optimizer
 from fastreid.utils import comm
 from fastreid.utils.checkpoint import Checkpointer
-from fastreid.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
+from fastreid.utils.events import CommonMetricPrinter
 from torch.nn.parallel import DistributedDataParallel
 
+from ..compat import writer_classes
 from ..config import ConfigError, check_schedule
 from ..data.datasets import DatasetError
 from ..data.build import build_text_image_test_loader, build_text_image_train_loader
 from ..evaluation.t2i_evaluation import TextImageEvaluator
 from .pseudo_labels import PseudoLabelHook, unwrap
 
-__all__ = ["CPCLTrainer", "AtomicCheckpointer", "parameter_digest"]
+__all__ = ["CPCLTrainer", "AtomicCheckpointer", "parameter_digest", "load_model_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,43 @@ class AtomicCheckpointer(Checkpointer):
         os.replace(path + ".tmp", path)
 
 
+def load_model_weights(model, path):
+    """Load the weights of checkpoint `path` (MODEL.WEIGHTS) into `model`, all of them: a file
+    that is not a checkpoint, or whose tensors do not fit the model the config builds, is one
+    ConfigError naming the first difference (FastReID's loader only warns and skips them)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"MODEL.WEIGHTS {path} does not exist.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # pickle, zip and torch errors alike: not a readable checkpoint
+        raise ConfigError(f"MODEL.WEIGHTS {path} is not a readable checkpoint ({err}).") from None
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ConfigError(f"MODEL.WEIGHTS {path} holds no model state dict; pass a model_*.pth "
+                          f"written by training.")
+    # Checkpoints of a DistributedDataParallel model saved without unwrapping it.
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    own = unwrap(model).state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        if mismatched:
+            k = mismatched[0]
+            first = (f"{k} is {tuple(state[k].shape)} in the checkpoint but "
+                     f"{tuple(own[k].shape)} in the model")
+        elif missing:
+            first = f"the checkpoint lacks {missing[0]}"
+        else:
+            first = f"the checkpoint has {unexpected[0]}, which the model does not"
+        raise ConfigError(
+            f"MODEL.WEIGHTS {path} does not match the model this config builds ({first}; "
+            f"{len(mismatched)} shapes differ, {len(missing)} missing, {len(unexpected)} extra): "
+            f"use the config the checkpoint was trained with.")
+    unwrap(model).load_state_dict(state)
+    return checkpoint
+
+
 def parameter_digest(model):
     """A short hash of every parameter and buffer, to compare models across ranks or runs."""
     h = hashlib.sha1()
@@ -99,6 +138,15 @@ class CPCLTrainer(DefaultTrainer):
                 broadcast_buffers=False)
         model.train()
         self._model, self._data_loader, self._optimizer = model, data_loader, optimizer
+        # SOLVER.AMP: autocast dtype of the forward pass, and a gradient scaler for float16.
+        self._device_type = next(model.parameters()).device.type
+        self._amp_dtype = getattr(torch, cfg.SOLVER.AMP.DTYPE) if cfg.SOLVER.AMP.ENABLED else None
+        if self._amp_dtype == torch.bfloat16 and self._device_type == "cuda" and \
+                not torch.cuda.is_bf16_supported():  # asked here, where CUDA is in use anyway
+            raise ConfigError("SOLVER.AMP.DTYPE bfloat16 needs a GPU with bfloat16 support; use "
+                              "float16 on this one.")
+        self._grad_scaler = torch.amp.GradScaler(self._device_type) \
+            if self._amp_dtype == torch.float16 else None
         self._epoch_iter = None
 
         self.iters_per_epoch = len(data_loader.batch_sampler)
@@ -110,6 +158,8 @@ class CPCLTrainer(DefaultTrainer):
                                                save_to_disk=comm.is_main_process(),
                                                optimizer=optimizer,
                                                pseudo_labels=self.pseudo_label_hook,
+                                               **({"grad_scaler": self._grad_scaler}
+                                                  if self._grad_scaler else {}),
                                                **self.scheduler)
         self.start_epoch = 0
         self.max_epoch = cfg.SOLVER.MAX_EPOCH
@@ -124,7 +174,7 @@ class CPCLTrainer(DefaultTrainer):
     model = property(lambda self: self._model)
     data_loader = property(lambda self: self._data_loader)
     optimizer = property(lambda self: self._optimizer)
-    grad_scaler = property(lambda self: None)
+    grad_scaler = property(lambda self: self._grad_scaler)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -137,7 +187,12 @@ class CPCLTrainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_dir=None):
         data_loader, num_query = cls.build_test_loader(cfg, dataset_name)
-        return data_loader, TextImageEvaluator(num_query)
+        ranked_lists = None
+        if cfg.TEST.VIS_TOPK > 0:
+            folder = os.path.join(output_dir or cfg.OUTPUT_DIR, "ranked_lists",
+                                  dataset_name.replace(":", "_"))
+            ranked_lists = (data_loader.dataset, cfg.TEST.VIS_TOPK, cfg.TEST.VIS_QUERIES, folder)
+        return data_loader, TextImageEvaluator(num_query, ranked_lists)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -163,9 +218,10 @@ class CPCLTrainer(DefaultTrainer):
         return ret
 
     def build_writers(self):
+        tensorboard_writer, json_writer = writer_classes()  # also write evaluation metrics
         return [CommonMetricPrinter(self.max_iter),
-                JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
-                TensorboardXWriter(self.cfg.OUTPUT_DIR)]
+                json_writer(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+                tensorboard_writer(self.cfg.OUTPUT_DIR)]
 
     def _next_batch(self):
         if self._epoch_iter is None:
@@ -205,12 +261,22 @@ class CPCLTrainer(DefaultTrainer):
         start = time.perf_counter()
         data = self._without_undecodable_images(self._next_batch())
         data_time = time.perf_counter() - start
-        loss_dict = self.model(data)
+        with torch.autocast(self._device_type, dtype=self._amp_dtype,
+                            enabled=self._amp_dtype is not None):
+            loss_dict = self.model(data)
         losses = sum(loss_dict.values())
         self.optimizer.zero_grad()
-        losses.backward()
-        SimpleTrainer._write_metrics(self, loss_dict, data_time)
-        self.optimizer.step()
+        if self._grad_scaler is not None:  # float16: scaled so small gradients do not vanish
+            self._grad_scaler.scale(losses).backward()
+            SimpleTrainer._write_metrics(self, loss_dict, data_time)
+            self._grad_scaler.step(self.optimizer)
+            self._grad_scaler.update()
+        else:
+            losses.backward()
+            SimpleTrainer._write_metrics(self, loss_dict, data_time)
+            self.optimizer.step()
+        self.storage.put_scalar("temperature", 1.0 / float(unwrap(self.model).logit_scale),
+                                smoothing_hint=False)
         # After the step, as in cluster-contrast: the memory moves towards this batch's features.
         unwrap(self.model).memory.commit(self.cfg.MODEL.CPCL.MEMORY_MOMENTUM)
 

@@ -9,6 +9,7 @@ at camid 0 and gallery at camid 1 (the tests check this).
 import copy
 import itertools
 import logging
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -153,8 +154,11 @@ class TextImageEvaluator(DatasetEvaluator):
     Rank-1/5/10, mAP, mINP and FastReID's ``metric`` ((mAP + Rank-1) / 2, used by its
     PeriodicCheckpointer to keep the best model)."""
 
-    def __init__(self, num_query):
+    def __init__(self, num_query, ranked_lists=None):
+        """`ranked_lists`: None, or (dataset, topk, number of queries, folder) to draw the
+        ranked lists of evenly spaced queries after each evaluation (TEST.VIS_TOPK)."""
         self._num_query = num_query
+        self._ranked_lists = ranked_lists
         self._predictions = []
 
     def reset(self):
@@ -184,4 +188,18 @@ class TextImageEvaluator(DatasetEvaluator):
         results["mAP"] = m["mAP"]
         results["mINP"] = m["mINP"]
         results["metric"] = (m["mAP"] + m["R1"]) / 2
+        if self._ranked_lists:
+            gallery = merged["indices"][valid][nq:].numpy() - nq  # positions in the dataset
+            self._draw(similarity, pids[:nq], pids[nq:], gallery)
         return copy.deepcopy(results)
+
+    def _draw(self, similarity, query_pids, gallery_pids, gallery):
+        from ..visualization import draw_ranked_list
+        dataset, topk, num, folder = self._ranked_lists
+        queries = np.unique(np.linspace(0, len(query_pids) - 1, num).astype(int))
+        for q in queries:
+            top = np.argsort(-similarity[q], kind="stable")[:topk]
+            draw_ranked_list(dataset.captions[q], [dataset.image_paths[gallery[g]] for g in top],
+                             similarity[q, top], [bool(gallery_pids[g] == query_pids[q]) for g in top],
+                             os.path.join(folder, f"query_{q:05d}.png"))
+        logger.info(f"Ranked lists of {len(queries)} queries (top {topk}) written to {folder}")

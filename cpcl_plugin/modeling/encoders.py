@@ -88,6 +88,8 @@ def create_clip_model(cfg):
             logging.getLogger().removeFilter(quiet)
     if pretrained:
         logger.info(f"Loaded open_clip {arch} weights from {pretrained}")
+    if cfg.MODEL.CLIP.GRAD_CHECKPOINTING:
+        model.set_grad_checkpointing(True)
     return model
 
 

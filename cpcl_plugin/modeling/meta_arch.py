@@ -82,6 +82,12 @@ class CPCL(nn.Module):
             return self.encode_image(batch["images"])
         image_features = self.encode_image(batch["images"])
         text_features = self.encode_text(batch["tokens"])
+        # Under mixed precision (SOLVER.AMP) only the encoders run in half precision: the losses,
+        # their softmaxes and the memory are computed in float32.
+        with torch.autocast(self.device.type, enabled=False):
+            return self._losses(image_features.float(), text_features.float(), batch)
+
+    def _losses(self, image_features, text_features, batch):
         image_ids = batch["image_ids"].to(self.device)
         if "image_labels" not in batch or not self.memory.ready:
             return self.instance_losses(image_features, text_features, image_ids)

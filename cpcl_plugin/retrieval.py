@@ -1,0 +1,114 @@
+"""Text-to-image search over a gallery: encode the images once, keep them in a faiss index that can
+be saved and reloaded, answer typed queries. Used by tools/retrieve.py; usable from Python:
+
+    index = GalleryIndex.build(cfg, model, image_paths)
+    index.save("gallery.npz")
+    index = GalleryIndex.load("gallery.npz", model)
+    scores, rows = index.search(encode_queries(cfg, model, ["a man in a blue coat"]), k=10)
+"""
+import json
+import os
+import zipfile
+
+import numpy as np
+
+from .config import ConfigError
+from .data.datasets import DatasetError
+from .evaluation.features import encode_captions_and_images
+
+__all__ = ["GalleryIndex", "encode_queries", "list_images", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def list_images(folder):
+    """Every image file under `folder` (recursively, sorted), or one DatasetError."""
+    if not os.path.isdir(folder):
+        raise DatasetError(f"Gallery folder {folder} does not exist.")
+    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
+                   for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+    if not paths:
+        raise DatasetError(f"Gallery folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                           f"point --gallery-dir at the folder that holds them.")
+    return paths
+
+
+def encode_queries(cfg, model, queries):
+    """(len(queries), d) float32 features of free-text queries; an empty one is an error."""
+    for i, q in enumerate(queries):
+        if not q.strip():
+            raise ConfigError(f"Query {i + 1} is empty: type what the person looks like, e.g. "
+                              f"\"a woman in a red coat carrying a black backpack\".")
+    text_f, _, _ = encode_captions_and_images(cfg, model, queries, [])
+    return text_f
+
+
+class GalleryIndex:
+    """Gallery features in a faiss inner-product index (features are L2-normalised, so scores
+    are cosine similarities), with each row's image path and identity (-1 when unknown).
+
+    Saved as one .npz: the features (a flat index is exactly its vectors), the paths, the
+    identities and a digest of the model that computed them, checked on load."""
+
+    def __init__(self, features, image_paths, pids=None, model_digest=""):
+        import faiss
+        self.features = np.ascontiguousarray(features, dtype=np.float32)
+        self.image_paths = list(image_paths)
+        self.pids = np.full(len(self.image_paths), -1, dtype=np.int64) if pids is None \
+            else np.asarray(pids, dtype=np.int64)
+        self.model_digest = model_digest
+        self._index = faiss.IndexFlatIP(self.features.shape[1])
+        self._index.add(self.features)
+
+    @classmethod
+    def build(cls, cfg, model, image_paths, pids=None):
+        """Encode `image_paths` with `model`; undecodable images (DATASETS.SKIP_BAD_IMAGES) are
+        left out."""
+        from .engine.trainer import parameter_digest
+        _, image_f, valid = encode_captions_and_images(cfg, model, [], image_paths)
+        keep = np.flatnonzero(valid)
+        if len(keep) == 0:
+            raise DatasetError(f"None of the {len(image_paths)} gallery images could be decoded "
+                               f"(e.g. {image_paths[0]}).")
+        return cls(image_f[keep], [os.path.abspath(image_paths[i]) for i in keep],
+                   None if pids is None else np.asarray(pids)[keep], parameter_digest(model))
+
+    def __len__(self):
+        return len(self.image_paths)
+
+    def search(self, query_features, k):
+        """(scores, rows), each (num_queries, min(k, len(self))), best first."""
+        k = min(int(k), len(self))
+        return self._index.search(np.ascontiguousarray(query_features, dtype=np.float32), k)
+
+    def save(self, path):
+        """Write the index to `path` (.npz), atomically."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, features=self.features, pids=self.pids,
+                 meta=np.array(json.dumps({"image_paths": self.image_paths,
+                                           "model_digest": self.model_digest})))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path, model=None):
+        """Read an index saved by `save`; with `model`, check that it computed the features."""
+        if not os.path.isfile(path):
+            raise ConfigError(f"Gallery index {path} does not exist; create it with --save-index.")
+        try:
+            data = np.load(path)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            with data:
+                meta = json.loads(str(data["meta"]))
+                index = cls(data["features"], meta["image_paths"], data["pids"],
+                            meta["model_digest"])
+        except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as err:
+            raise ConfigError(f"{path} is not a gallery index saved by tools/retrieve.py "
+                              f"--save-index ({err}).") from None
+        if model is not None:
+            from .engine.trainer import parameter_digest
+            if parameter_digest(model) != index.model_digest:
+                raise ConfigError(f"Gallery index {path} was built with other weights than "
+                                  f"MODEL.WEIGHTS; rebuild it with --save-index.")
+        return index

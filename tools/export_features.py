@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Export the image and caption features of a dataset split, with their paths, ids and captions.
+
+    python tools/export_features.py --config-file configs/CPCL/synthetic.yml --split test \
+        --output features/test.npz MODEL.WEIGHTS logs/cpcl/synthetic/model_final.pth
+    python tools/export_features.py --config-file CFG --split train --format npy \
+        --output features/train/ MODEL.WEIGHTS model.pth
+
+One .npz (default) or a folder of .npy files, with these arrays:
+  image_features (N, d) float32, L2-normalised     image_paths (N,)   image_ids (N,)
+  text_features  (M, d) float32, L2-normalised     captions (M,)      caption_ids (M,)
+  caption_image  (M,) index of each caption's image in the image arrays
+Cosine similarity is a dot product: text_features @ image_features.T. Identities are the
+dataset's (for evaluation); undecodable images (DATASETS.SKIP_BAD_IMAGES) are left out, with
+their captions.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cpcl_plugin import CPCLTrainer, ConfigError, DatasetError, load_config  # noqa: E402
+from cpcl_plugin.data import build_dataset, parse_test_name  # noqa: E402
+from cpcl_plugin.data.build import flatten_pairs  # noqa: E402
+from cpcl_plugin.engine.trainer import load_model_weights  # noqa: E402
+from cpcl_plugin.evaluation import encode_captions_and_images  # noqa: E402
+
+
+def export(cfg, model, records):
+    """The arrays described in the module docstring, for `records`."""
+    pairs = flatten_pairs(records)
+    text_f, image_f, valid = encode_captions_and_images(cfg, model, [c for _, c in pairs],
+                                                        [r.image_path for r in records])
+    keep_images = np.flatnonzero(valid)
+    new_index = np.full(len(records), -1)
+    new_index[keep_images] = np.arange(len(keep_images))
+    keep_captions = np.array([i for i, (image, _) in enumerate(pairs) if valid[image]], dtype=int)
+    return {
+        "image_features": image_f[keep_images],
+        "image_paths": np.array([records[i].image_path for i in keep_images]),
+        "image_ids": np.array([records[i].pid for i in keep_images], dtype=np.int64),
+        "text_features": text_f[keep_captions],
+        "captions": np.array([pairs[i][1] for i in keep_captions]),
+        "caption_ids": np.array([records[pairs[i][0]].pid for i in keep_captions], dtype=np.int64),
+        "caption_image": new_index[[pairs[i][0] for i in keep_captions]].astype(np.int64),
+    }
+
+
+def save(arrays, output, fmt):
+    if fmt == "npz":
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        tmp = output + ".tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, output)
+        return [output]
+    os.makedirs(output, exist_ok=True)
+    written = []
+    for name, array in arrays.items():
+        path = os.path.join(output, f"{name}.npy")
+        np.save(path + ".tmp.npy", array)
+        os.replace(path + ".tmp.npy", path)
+        written.append(path)
+    return written
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config-file", required=True)
+    p.add_argument("--split", required=True, choices=("train", "val", "test"))
+    p.add_argument("--dataset", help="dataset name (default: the first DATASETS.TESTS)")
+    p.add_argument("--output", required=True, help="a .npz file, or a folder with --format npy")
+    p.add_argument("--format", choices=("npz", "npy"), default="npz")
+    p.add_argument("opts", nargs="*", help="config overrides, KEY VALUE pairs")
+    args = p.parse_intermixed_args(argv)
+    try:
+        cfg = load_config(args.config_file, args.opts)
+        if not cfg.MODEL.WEIGHTS:
+            raise ConfigError("tools/export_features.py needs a trained model: add "
+                              "MODEL.WEIGHTS path/to/model_final.pth.")
+        name = args.dataset or parse_test_name(cfg.DATASETS.TESTS[0])[0]
+        records = build_dataset(cfg, name).split(args.split)
+        model = CPCLTrainer.build_model(cfg)
+        load_model_weights(model, cfg.MODEL.WEIGHTS)
+        arrays = export(cfg, model, records)
+    except (ConfigError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    written = save(arrays, args.output, args.format)
+    print(f"{name} {args.split}: {len(arrays['image_paths'])} images, {len(arrays['captions'])} "
+          f"captions, {arrays['image_features'].shape[1]}-d features -> {', '.join(written)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -275,7 +275,7 @@ class CPCLTrainer(DefaultTrainer):
             losses.backward()
             SimpleTrainer._write_metrics(self, loss_dict, data_time)
             self.optimizer.step()
-        self.storage.put_scalar("temperature", 1.0 / float(unwrap(self.model).logit_scale),
+        self.storage.put_scalar("temperature", 1.0 / unwrap(self.model).logit_scale.item(),
                                 smoothing_hint=False)
         # After the step, as in cluster-contrast: the memory moves towards this batch's features.
         unwrap(self.model).memory.commit(self.cfg.MODEL.CPCL.MEMORY_MOMENTUM)

@@ -146,8 +146,8 @@ def plot(results, rows, seeds, path):
     x = np.arange(len(rows))
     for i, (k, label) in enumerate((("Rank-1", "R1"), ("mAP", "mAP"))):
         vals = np.array([[results[(r, s)][k] for s in seeds] for r in rows])
-        ax.bar(x + (i - 0.5) * 0.38, vals.mean(1), 0.38, yerr=vals.std(1, ddof=1 if len(seeds) > 1 else 0),
-               capsize=3, label=label)  # the sample std, as in the table
+        spread = vals.std(1, ddof=1) if len(seeds) > 1 else np.zeros(len(rows))  # as the table
+        ax.bar(x + (i - 0.5) * 0.38, vals.mean(1), 0.38, yerr=spread, capsize=3, label=label)
     ax.set_xticks(x, [r for r in rows])
     ax.set_ylabel("%")
     ax.set_title(f"Synthetic ablation, mean and std over {len(seeds)} seeds")

@@ -14,6 +14,7 @@ import numpy as np
 
 from .config import ConfigError
 from .data.datasets import DatasetError
+from .engine.trainer import parameter_digest
 from .evaluation.features import encode_captions_and_images
 
 __all__ = ["GalleryIndex", "encode_queries", "list_images", "IMAGE_EXTENSIONS"]
@@ -64,7 +65,6 @@ class GalleryIndex:
     def build(cls, cfg, model, image_paths, pids=None):
         """Encode `image_paths` with `model`; undecodable images (DATASETS.SKIP_BAD_IMAGES) are
         left out."""
-        from .engine.trainer import parameter_digest
         _, image_f, valid = encode_captions_and_images(cfg, model, [], image_paths)
         keep = np.flatnonzero(valid)
         if len(keep) == 0:
@@ -107,7 +107,6 @@ class GalleryIndex:
             raise ConfigError(f"{path} is not a gallery index saved by tools/retrieve.py "
                               f"--save-index ({err}).") from None
         if model is not None:
-            from .engine.trainer import parameter_digest
             if parameter_digest(model) != index.model_digest:
                 raise ConfigError(f"Gallery index {path} was built with other weights than "
                                   f"MODEL.WEIGHTS; rebuild it with --save-index.")

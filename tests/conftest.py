@@ -28,8 +28,14 @@ def tiny_cfg(data_root, tmp_path):
     return make
 
 
+def run_tool(script, *args, timeout=600):
+    """Run tools/<script> in a fresh process from the repository root; returns the
+    CompletedProcess (text output captured)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, os.path.join(REPO, "tools", script), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+
+
 def run_train_net(*args, timeout=600):
     """Run tools/train_net.py in a fresh process; returns the CompletedProcess."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, os.path.join(REPO, "tools", "train_net.py"), *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+    return run_tool("train_net.py", *args, timeout=timeout)

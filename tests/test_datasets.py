@@ -3,15 +3,13 @@ undecodable images, evaluation splits and tools/check_dataset.py."""
 import json
 import logging
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, TINY, run_train_net
+from conftest import REPO, TINY, run_tool, run_train_net
 from cpcl_plugin import load_config
 from cpcl_plugin.data import (CUHKPEDES, ICFGPEDES, CaptionsThenImages, DatasetError, RSTPReid,
                               TextImagePairs, build_dataset, load_image, parse_test_name)
@@ -325,8 +323,7 @@ def test_cuhk_config_without_the_dataset_says_where_and_how(tmp_path):
 
 
 def _check_dataset(*args):
-    return subprocess.run([sys.executable, os.path.join(REPO, "tools", "check_dataset.py"), *args],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    return run_tool("check_dataset.py", *args, timeout=300)
 
 
 def test_check_dataset_tool(tmp_path):

@@ -3,14 +3,12 @@ model trained for one epoch of the tiny config."""
 import importlib.util
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, TINY, run_train_net
+from conftest import REPO, TINY, run_tool, run_train_net
 from cpcl_plugin import CPCLTrainer, load_config
 from cpcl_plugin.data import build_dataset
 from cpcl_plugin.visualization import ranked_list_size
@@ -34,8 +32,7 @@ def _tool(name):
 
 
 def _retrieve(*args):
-    return subprocess.run([sys.executable, os.path.join(REPO, "tools", "retrieve.py"), *args],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    return run_tool("retrieve.py", *args, timeout=300)
 
 
 def _ranked(stdout):

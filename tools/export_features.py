@@ -22,10 +22,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cpcl_plugin import CPCLTrainer, ConfigError, DatasetError, load_config  # noqa: E402
+from cpcl_plugin import ConfigError, DatasetError, load_config  # noqa: E402
 from cpcl_plugin.data import build_dataset, parse_test_name  # noqa: E402
 from cpcl_plugin.data.build import flatten_pairs  # noqa: E402
-from cpcl_plugin.engine.trainer import load_model_weights  # noqa: E402
+from cpcl_plugin.engine.trainer import load_trained_model  # noqa: E402
 from cpcl_plugin.evaluation import encode_captions_and_images  # noqa: E402
 
 
@@ -77,14 +77,9 @@ def main(argv=None):
     args = p.parse_intermixed_args(argv)
     try:
         cfg = load_config(args.config_file, args.opts)
-        if not cfg.MODEL.WEIGHTS:
-            raise ConfigError("tools/export_features.py needs a trained model: add "
-                              "MODEL.WEIGHTS path/to/model_final.pth.")
+        model = load_trained_model(cfg, "tools/export_features.py")
         name = args.dataset or parse_test_name(cfg.DATASETS.TESTS[0])[0]
-        records = build_dataset(cfg, name).split(args.split)
-        model = CPCLTrainer.build_model(cfg)
-        load_model_weights(model, cfg.MODEL.WEIGHTS)
-        arrays = export(cfg, model, records)
+        arrays = export(cfg, model, build_dataset(cfg, name).split(args.split))
     except (ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

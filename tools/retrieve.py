@@ -22,9 +22,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cpcl_plugin import CPCLTrainer, ConfigError, DatasetError, load_config  # noqa: E402
+from cpcl_plugin import ConfigError, DatasetError, load_config  # noqa: E402
 from cpcl_plugin.data import build_dataset, parse_test_name  # noqa: E402
-from cpcl_plugin.engine.trainer import load_model_weights  # noqa: E402
+from cpcl_plugin.engine.trainer import load_trained_model  # noqa: E402
 from cpcl_plugin.retrieval import GalleryIndex, encode_queries, list_images  # noqa: E402
 from cpcl_plugin.visualization import draw_ranked_list  # noqa: E402
 
@@ -80,9 +80,6 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         cfg = load_config(args.config_file, args.opts)
-        if not cfg.MODEL.WEIGHTS:
-            raise ConfigError("tools/retrieve.py needs a trained model: add MODEL.WEIGHTS "
-                              "path/to/model_final.pth.")
         if args.topk < 1:
             raise ConfigError(f"--topk must be at least 1, got {args.topk}.")
         queries = read_queries(args)
@@ -93,9 +90,7 @@ def main(argv=None):
                 os.makedirs(os.path.dirname(os.path.abspath(args.save_index)), exist_ok=True)
         except OSError as err:
             raise ConfigError(f"Cannot write to {err.filename}: {err.strerror}.") from None
-        model = CPCLTrainer.build_model(cfg)
-        load_model_weights(model, cfg.MODEL.WEIGHTS)
-        model.eval()
+        model = load_trained_model(cfg, "tools/retrieve.py")
         query_f = encode_queries(cfg, model, queries)
         index, caption_ids = gallery_and_caption_ids(args, cfg, model)
         if args.save_index:

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cpcl_plugin import CPCLTrainer, ConfigError, DatasetError, load_config  # noqa: E402
 from cpcl_plugin.config import check_batch_split, check_config, check_schedule  # noqa: E402
 from cpcl_plugin.data import build_dataset, parse_test_name  # noqa: E402
-from cpcl_plugin.engine.trainer import load_model_weights  # noqa: E402
+from cpcl_plugin.engine.trainer import load_model_weights, load_trained_model  # noqa: E402
 from fastreid.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from fastreid.utils import comm  # noqa: E402
 from fastreid.utils.env import seed_all_rng  # noqa: E402
@@ -55,8 +55,7 @@ def results_table(rows, dataset_names):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        model = CPCLTrainer.build_model(cfg)
-        load_model_weights(model, cfg.MODEL.WEIGHTS)
+        model = load_trained_model(cfg, "--eval-only")
         results = CPCLTrainer.test(cfg, model)
         if comm.is_main_process():
             logger.info("Text-to-image results of %s:\n%s", cfg.MODEL.WEIGHTS,

@@ -36,7 +36,8 @@ from ..data.build import build_text_image_test_loader, build_text_image_train_lo
 from ..evaluation.t2i_evaluation import TextImageEvaluator
 from .pseudo_labels import PseudoLabelHook, unwrap
 
-__all__ = ["CPCLTrainer", "AtomicCheckpointer", "parameter_digest", "load_model_weights"]
+__all__ = ["CPCLTrainer", "AtomicCheckpointer", "parameter_digest", "load_model_weights",
+           "load_trained_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,17 @@ def load_model_weights(model, path):
             f"use the config the checkpoint was trained with.")
     unwrap(model).load_state_dict(state)
     return checkpoint
+
+
+def load_trained_model(cfg, needed_by):
+    """The config's model with the weights of MODEL.WEIGHTS, in eval mode, for the tools that
+    use a trained model (`needed_by` names the tool in the message when MODEL.WEIGHTS is empty)."""
+    if not cfg.MODEL.WEIGHTS:
+        raise ConfigError(f"{needed_by} needs a trained model: add MODEL.WEIGHTS "
+                          f"path/to/model_final.pth.")
+    model = CPCLTrainer.build_model(cfg)
+    load_model_weights(model, cfg.MODEL.WEIGHTS)
+    return model.eval()
 
 
 def parameter_digest(model):
@@ -275,8 +287,10 @@ class CPCLTrainer(DefaultTrainer):
             losses.backward()
             SimpleTrainer._write_metrics(self, loss_dict, data_time)
             self.optimizer.step()
-        self.storage.put_scalar("temperature", 1.0 / unwrap(self.model).logit_scale.item(),
-                                smoothing_hint=False)
+        if (self.iter + 1) % self.cfg.SOLVER.LOG_PERIOD == 0 or self.iter == self.max_iter - 1:
+            # Only when PeriodicWriter writes: .item() waits for the GPU.
+            self.storage.put_scalar("temperature", 1.0 / unwrap(self.model).logit_scale.item(),
+                                    smoothing_hint=False)
         # After the step, as in cluster-contrast: the memory moves towards this batch's features.
         unwrap(self.model).memory.commit(self.cfg.MODEL.CPCL.MEMORY_MOMENTUM)
 

@@ -11,9 +11,12 @@ row; only the losses and the source of the labels change:
 - pmm: + the prototype memory's intra-modal losses (image-image, text-text) on pseudo labels;
 - hcm: + the cross-modal prototype losses through the co-occurrence of labels;
 - full: + OPLM outlier mining: full CPCL;
-- oracle: full CPCL's losses with the true identity labels in place of the clustering, as
-  the upper bound. THIS ROW READS IDENTITY LABELS FOR TRAINING, on purpose, and only here: it
-  replaces the pseudo-label hook's clustering inside this script.
+- true_cpcl: full CPCL's losses with the true identity labels in place of the clustering: what the
+  prototype losses give when the labels are perfect;
+- oracle: the supervised upper bound: ITC + SDM (IRRA's similarity distribution matching) on the
+  true identities, the fully supervised objective of the field, without prototype losses.
+The last two rows READ IDENTITY LABELS FOR TRAINING, on purpose, and only here: they replace the
+pseudo-label hook's clustering inside this script.
 
 Each (row, seed) trains in its own process; two run at a time, one thread each. The seed is the
 training seed (initialisation, sampling, augmentation); the dataset is the same for all. The
@@ -45,13 +48,17 @@ ROWS = {
     "hcm": ("+ HCM cross-modal prototype losses",
             ["PSEUDO.OPLM.ENABLED", "False"]),
     "full": ("+ OPLM (full CPCL)", []),
-    "oracle": ("full CPCL losses on true identities (upper bound)", []),
+    "true_cpcl": ("full CPCL losses on true identities", []),
+    "oracle": ("ITC + SDM on true identities (supervised upper bound)",
+               ["MODEL.CPCL.SDM_WEIGHT", "1.0", "MODEL.CPCL.INTRA_WEIGHT", "0.0",
+                "MODEL.CPCL.CROSS_WEIGHT", "0.0"]),
 }
+TRUE_LABEL_ROWS = ("true_cpcl", "oracle")
 METRICS = ("Rank-1", "Rank-5", "Rank-10", "mAP", "mINP")
 
 
-def oracle_clustering(hook):
-    """Replace the hook's clustering by the true identities (benchmark upper bound only)."""
+def true_identity_clustering(hook):
+    """Replace the hook's clustering by the true identities (the true-label rows only)."""
     def true_identities(image_f, text_f, pair_image, image_valid):
         image_ids, caption_ids = hook._monitoring_identities()
         _, image_labels = np.unique(image_ids, return_inverse=True)
@@ -84,8 +91,8 @@ def run_one(row, seed, data_root, output_dir, extra_opts):
         quality = None
     else:
         trainer = CPCLTrainer(cfg)
-        if row == "oracle":
-            oracle_clustering(trainer.pseudo_label_hook)
+        if row in TRUE_LABEL_ROWS:
+            true_identity_clustering(trainer.pseudo_label_hook)
         trainer.resume_or_load(resume=False)
         results = trainer.train()
         hook = trainer.pseudo_label_hook

@@ -24,7 +24,7 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests
 
-# Every benchmark, about an hour on two cores; rewrites docs/benchmarks.md and docs/img/.
+# Every benchmark, about 50 minutes on two cores; rewrites docs/benchmarks.md and docs/img/.
 bench: install
 	$(PY) benchmarks/run_all.py
 

@@ -1,7 +1,7 @@
 """Run every benchmark and write docs/benchmarks.md with what each printed (`make bench`), and the
 README's summary rows (between its benchmarks:start / benchmarks:end markers) from it.
 
-    python benchmarks/run_all.py                    # all of them, about an hour on 2 cores
+    python benchmarks/run_all.py                    # all of them, about 50 minutes on 2 cores
     python benchmarks/run_all.py --only evaluation throughput
 
 Each benchmark runs as its own process, one after the other (the speed measurements first, while

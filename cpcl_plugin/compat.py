@@ -243,35 +243,36 @@ def writer_classes():
 
     from fastreid.utils import events
 
-    class TensorboardWriter(events.TensorboardXWriter):
-        """FastReID's TensorBoard writer, with the last written iteration kept per scalar."""
+    class PerScalarWrites:
+        """The shared part: scalars newer than their own last write; one more write on close
+        (the evaluation after the last epoch comes after the last periodic write)."""
 
-        def write(self):
-            written = self.__dict__.setdefault("_written", {})
-            for iteration, scalars in _new_scalars(events.get_event_storage(), self._window_size,
-                                                   written).items():
-                for name, value in scalars.items():
-                    self._writer.add_scalar(name, value, iteration)
+        def _unwritten(self):
+            return _new_scalars(events.get_event_storage(), self._window_size,
+                                self.__dict__.setdefault("_written", {}))
 
-        def close(self):  # the evaluation after the last epoch comes after the last write
+        def close(self):
             self.write()
             super().close()
 
-    class JSONWriter(events.JSONWriter):
+    class TensorboardWriter(PerScalarWrites, events.TensorboardXWriter):
+        """FastReID's TensorBoard writer, with the last written iteration kept per scalar."""
+
+        def write(self):
+            for iteration, scalars in self._unwritten().items():
+                for name, value in scalars.items():
+                    self._writer.add_scalar(name, value, iteration)
+
+    class JSONWriter(PerScalarWrites, events.JSONWriter):
         """FastReID's metrics.json writer, with the last written iteration kept per scalar."""
 
         def write(self):
-            written = self.__dict__.setdefault("_written", {})
-            new = _new_scalars(events.get_event_storage(), self._window_size, written)
+            new = self._unwritten()
             for iteration in sorted(new):
                 self._file_handle.write(json.dumps(dict(new[iteration], iteration=iteration),
                                                    sort_keys=True) + "\n")
             self._file_handle.flush()
             os.fsync(self._file_handle.fileno())
-
-        def close(self):
-            self.write()
-            super().close()
 
     return TensorboardWriter, JSONWriter
 

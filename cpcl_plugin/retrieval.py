@@ -14,7 +14,7 @@ import numpy as np
 
 from .config import ConfigError
 from .data.datasets import DatasetError
-from .engine.trainer import parameter_digest
+from .engine.trainer import parameter_digest, write_atomically
 from .evaluation.features import encode_captions_and_images
 
 __all__ = ["GalleryIndex", "encode_queries", "list_images", "IMAGE_EXTENSIONS"]
@@ -84,11 +84,9 @@ class GalleryIndex:
     def save(self, path):
         """Write the index to `path` (.npz), atomically."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, features=self.features, pids=self.pids,
-                 meta=np.array(json.dumps({"image_paths": self.image_paths,
-                                           "model_digest": self.model_digest})))
-        os.replace(tmp, path)
+        meta = json.dumps({"image_paths": self.image_paths, "model_digest": self.model_digest})
+        write_atomically(path, lambda tmp: np.savez(tmp, features=self.features, pids=self.pids,
+                                                    meta=np.array(meta)), suffix=".tmp.npz")
 
     @classmethod
     def load(cls, path, model=None):

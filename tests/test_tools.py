@@ -62,12 +62,11 @@ def test_retrieve_a_typed_query_on_the_test_split_and_reuse_the_index(trained, t
 
 
 def test_saved_index_ranks_like_a_fresh_one(trained, tmp_path):
-    from cpcl_plugin.engine.trainer import load_model_weights
+    from cpcl_plugin.engine.trainer import load_trained_model
     from cpcl_plugin.retrieval import GalleryIndex, encode_queries
     opts, weights = trained
-    cfg = load_config(TINY, opts)
-    model = CPCLTrainer.build_model(cfg)
-    load_model_weights(model, weights)
+    cfg = load_config(TINY, opts + ["MODEL.WEIGHTS", weights])
+    model = load_trained_model(cfg, "this test")
     records = build_dataset(cfg, "SyntheticPedes").split("test")
     queries = encode_queries(cfg, model, [r.captions[0] for r in records[:5]])
     fresh = GalleryIndex.build(cfg, model, [r.image_path for r in records], [r.pid for r in records])
@@ -125,12 +124,11 @@ def test_export_features(trained, tmp_path):
 
 
 def test_ranked_list_pictures_from_evaluation(trained, tmp_path):
-    from cpcl_plugin.engine.trainer import load_model_weights
+    from cpcl_plugin.engine.trainer import load_trained_model
     opts, weights = trained
     cfg = load_config(TINY, opts + ["OUTPUT_DIR", str(tmp_path), "TEST.VIS_TOPK", "4",
-                                    "TEST.VIS_QUERIES", "3"])
-    model = CPCLTrainer.build_model(cfg)
-    load_model_weights(model, weights)
+                                    "TEST.VIS_QUERIES", "3", "MODEL.WEIGHTS", weights])
+    model = load_trained_model(cfg, "this test")
     CPCLTrainer.test(cfg, model)
     pictures = sorted((tmp_path / "ranked_lists" / "SyntheticPedes").glob("query_*.png"))
     assert len(pictures) == 3

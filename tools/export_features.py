@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cpcl_plugin import ConfigError, DatasetError, load_config  # noqa: E402
 from cpcl_plugin.data import build_dataset, parse_test_name  # noqa: E402
 from cpcl_plugin.data.build import flatten_pairs  # noqa: E402
-from cpcl_plugin.engine.trainer import load_trained_model  # noqa: E402
+from cpcl_plugin.engine.trainer import load_trained_model, write_atomically  # noqa: E402
 from cpcl_plugin.evaluation import encode_captions_and_images  # noqa: E402
 
 
@@ -52,16 +52,13 @@ def export(cfg, model, records):
 def save(arrays, output, fmt):
     if fmt == "npz":
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        tmp = output + ".tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, output)
+        write_atomically(output, lambda tmp: np.savez(tmp, **arrays), suffix=".tmp.npz")
         return [output]
     os.makedirs(output, exist_ok=True)
     written = []
     for name, array in arrays.items():
         path = os.path.join(output, f"{name}.npy")
-        np.save(path + ".tmp.npy", array)
-        os.replace(path + ".tmp.npy", path)
+        write_atomically(path, lambda tmp: np.save(tmp, array), suffix=".tmp.npy")
         written.append(path)
     return written
 

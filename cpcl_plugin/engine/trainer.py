@@ -37,9 +37,25 @@ from ..evaluation.t2i_evaluation import TextImageEvaluator
 from .pseudo_labels import PseudoLabelHook, unwrap
 
 __all__ = ["CPCLTrainer", "AtomicCheckpointer", "parameter_digest", "load_model_weights",
-           "load_trained_model"]
+           "load_trained_model", "write_atomically"]
 
 logger = logging.getLogger(__name__)
+
+
+def write_atomically(path, write, suffix=".tmp"):
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it to `path`, so the file
+    appears complete or not at all. numpy appends its extension to names without it: pass
+    suffix=".tmp.npz" / ".tmp.npy" for np.savez / np.save."""
+    tmp = path + suffix
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _torch_save_synced(data, path):
+    with open(path, "wb") as f:
+        torch.save(data, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class AtomicCheckpointer(Checkpointer):
@@ -56,20 +72,15 @@ class AtomicCheckpointer(Checkpointer):
         data.update(kwargs)
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
-        tmp = path + ".tmp"
         self.logger.info(f"Saving checkpoint to {path}")
-        with open(tmp, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: _torch_save_synced(data, tmp))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename):
-        path = os.path.join(self.save_dir, "last_checkpoint")
-        with open(path + ".tmp", "w") as f:
-            f.write(last_filename_basename)
-        os.replace(path + ".tmp", path)
+        def write(tmp):
+            with open(tmp, "w") as f:
+                f.write(last_filename_basename)
+        write_atomically(os.path.join(self.save_dir, "last_checkpoint"), write)
 
 
 def load_model_weights(model, path):

@@ -34,8 +34,10 @@ def add_cpcl_config(cfg):
     _C.MODEL.CLIP = CN()
     # open_clip architecture name: "ViT-B-16", "RN50", "ViT-L-14", or the plugin's "CPCL-Tiny".
     _C.MODEL.CLIP.ARCH = "ViT-B-16"
-    # open_clip pretrained tag ("openai", "laion2b_s34b_b88k", ...) or a local weight file;
-    # empty: random initialisation.
+    # open_clip pretrained tag ("openai", "laion2b_s34b_b88k", ...), a local weight file, or a
+    # pretraining config (.yml, e.g. configs/CPCL/synthetic-web.yml): the weights its training
+    # run produces, made on first use and cached in <dataset root>/pretrained/ under a hash of
+    # that config (cpcl_plugin/modeling/pretrained.py); empty: random initialisation.
     _C.MODEL.CLIP.PRETRAINED = ""
     # Image size (H, W) of the CLIP image tower; empty: INPUT.SIZE_TRAIN. Position embeddings of
     # weights saved at another size are interpolated on load.
@@ -69,6 +71,10 @@ def add_cpcl_config(cfg):
     _C.MODEL.CPCL.SDM_WEIGHT = 0.0
     # Weight of the intra-modal prototype losses (image-to-image and text-to-text, PMM).
     _C.MODEL.CPCL.INTRA_WEIGHT = 1.0
+    # Include the text-to-text term of the intra-modal losses. Captions that each name a few of a
+    # person's attributes do not cluster by person, and pulling them onto one prototype blurs
+    # what each one names: on the synthetic benchmark, dropping it helps (docs/benchmarks.md).
+    _C.MODEL.CPCL.TEXT_INTRA = True
     # Weight of the many-to-many cross-modal prototype losses (HCM).
     _C.MODEL.CPCL.CROSS_WEIGHT = 1.0
     # Temperature of the prototype losses.
@@ -139,6 +145,10 @@ def add_cpcl_config(cfg):
     _C.DATASETS.SYNTHETIC.IMAGE_SIZE = [128, 64]
     # Generator seed; the same settings and seed write the same files.
     _C.DATASETS.SYNTHETIC.SEED = 0
+    # Look and wording: "street" (the target: muted scenes, dim and uneven light, occluders,
+    # sentence captions) or "web" (the pretraining corpus: clean saturated backdrops, even light,
+    # alt-text captions with other nouns); see cpcl_plugin/data/synthetic.py.
+    _C.DATASETS.SYNTHETIC.DOMAIN = "street"
 
     # ---- training loop ---------------------------------------------------------------------------
     # Iterations between two lines of training metrics (console, metrics.json, TensorBoard).

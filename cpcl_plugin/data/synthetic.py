@@ -6,6 +6,18 @@ sometimes an occluder; each caption describes a random subset of the attributes 
 A caption that names only some attributes matches several identities, which is what makes
 prototypes (many captions and images of one person pooled together) useful.
 
+Two domains share the world's attributes but not its look or its language, as CLIP's web data
+differ from a pedestrian dataset:
+- "street" (the target, CUHK-PEDES-like): muted street scenes with clutter, uneven and often dim
+  light, blur, occluders and back views; captions in full sentences ("A lady dressed in a red coat
+  and carrying a black backpack.") with pedestrian-dataset wording.
+- "web" (the pretraining corpus, the synthetic world's "web"): clean, saturated, evenly lit
+  product-photo backgrounds, people facing the camera, no occluders; captions in alt-text style
+  ("a photo of a woman: long black hair, red coat, black pants.") with other nouns and no verbs,
+  and narrower coverage: they name the person, the hair and the clothes, never hats, shoes or
+  bags, which the photos show all the same. A model pretrained there must learn those three from
+  the target's captions.
+
 The generator is deterministic: the same settings and seed write byte-identical annotation files
 and images. `ensure_synthetic_dataset` generates into a folder named by a hash of the settings,
 once, atomically (a temporary folder renamed into place), and reuses it afterwards.
@@ -42,6 +54,11 @@ SHOE_COLORS = ["black", "white", "brown", "red", "blue"]
 
 # Attribute names a caption can mention.
 ATTRIBUTES = ("gender", "hair", "hat", "upper", "lower", "shoes", "bag")
+# The looks and languages of the synthetic world (see the module docstring), and the attributes
+# each domain's captions talk about: web alt text never mentions hats, shoes or bags, though its
+# photos show them (the target's captions then teach what pretraining could not).
+DOMAINS = ("street", "web")
+DESCRIBED = {"street": ATTRIBUTES, "web": ("gender", "hair", "upper", "lower")}
 
 
 class SyntheticSpec(dict):
@@ -49,11 +66,15 @@ class SyntheticSpec(dict):
 
     def __init__(self, num_train_ids=1000, num_val_ids=0, num_test_ids=100, images_per_id=2,
                  captions_per_image=1, attributes_per_caption=(3, 5), image_size=(128, 64),
-                 seed=0):
+                 seed=0, domain="street"):
         lo, hi = (int(v) for v in attributes_per_caption)
-        if not 1 <= lo <= hi <= len(ATTRIBUTES):
+        if domain not in DOMAINS:
+            raise ConfigError(f"DATASETS.SYNTHETIC.DOMAIN must be one of {', '.join(DOMAINS)}, "
+                              f"got {domain!r}.")
+        if not 1 <= lo <= hi <= len(DESCRIBED[domain]):
             raise ConfigError(f"DATASETS.SYNTHETIC.ATTRIBUTES_PER_CAPTION must be (min, max) with "
-                             f"1 <= min <= max <= {len(ATTRIBUTES)}, got {[lo, hi]}.")
+                              f"1 <= min <= max <= {len(DESCRIBED[domain])} (the attributes "
+                              f"{domain} captions describe), got {[lo, hi]}.")
         if min(num_train_ids, num_test_ids) < 1 or num_val_ids < 0:
             raise ConfigError("DATASETS.SYNTHETIC needs at least one train and one test identity.")
         if images_per_id < 1 or captions_per_image < 1:
@@ -62,13 +83,14 @@ class SyntheticSpec(dict):
                          num_test_ids=int(num_test_ids), images_per_id=int(images_per_id),
                          captions_per_image=int(captions_per_image),
                          attributes_per_caption=[lo, hi],
-                         image_size=[int(v) for v in image_size], seed=int(seed))
+                         image_size=[int(v) for v in image_size], seed=int(seed),
+                         domain=str(domain))
 
     @classmethod
     def from_cfg(cls, cfg):
         s = cfg.DATASETS.SYNTHETIC
         return cls(s.NUM_TRAIN_IDS, s.NUM_VAL_IDS, s.NUM_TEST_IDS, s.IMAGES_PER_ID,
-                   s.CAPTIONS_PER_IMAGE, s.ATTRIBUTES_PER_CAPTION, s.IMAGE_SIZE, s.SEED)
+                   s.CAPTIONS_PER_IMAGE, s.ATTRIBUTES_PER_CAPTION, s.IMAGE_SIZE, s.SEED, s.DOMAIN)
 
     def digest(self):
         blob = json.dumps(self, sort_keys=True).encode() + GENERATOR_VERSION.encode()
@@ -76,7 +98,7 @@ class SyntheticSpec(dict):
 
 
 # Bump when the drawing or the wording changes, so cached datasets are regenerated.
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 
 
 def sample_identity(rng):
@@ -125,8 +147,28 @@ def _phrases(ident, rng):
     return out
 
 
-def describe_identity(ident, rng, num_attributes):
-    """A caption naming `num_attributes` randomly chosen attributes of `ident`."""
+def _web_caption(ident, rng, chosen):
+    """Alt-text style: a noun and bare attribute phrases, other nouns than the street's."""
+    noun = ident["gender"] if "gender" in chosen else "person"
+    lower = "pants" if ident["lower"] == "trousers" and rng.random() < 0.5 else ident["lower"]
+    phrases = {
+        "hair": f"{'long' if ident['hair_long'] else 'short'} {ident['hair_color']} hair",
+        "upper": f"{ident['upper_color']} {ident['upper']}",
+        "lower": f"{ident['lower_color']} {lower}",
+    }
+    rest = [phrases[a] for a in DESCRIBED["web"] if a in chosen and a != "gender"]
+    rng.shuffle(rest)
+    if rng.random() < 0.5:
+        return f"a photo of a {noun}: {', '.join(rest)}." if rest else f"a photo of a {noun}."
+    return ", ".join([noun] + rest)
+
+
+def describe_identity(ident, rng, num_attributes, domain="street"):
+    """A caption naming `num_attributes` randomly chosen attributes of `ident`, in the wording of
+    `domain`."""
+    if domain == "web":
+        chosen = list(rng.choice(list(DESCRIBED["web"]), size=num_attributes, replace=False))
+        return _web_caption(ident, rng, chosen)
     phrases = _phrases(ident, rng)
     chosen = list(rng.choice(list(ATTRIBUTES), size=num_attributes, replace=False))
     subject = phrases["gender"] if "gender" in chosen else str(rng.choice(["person", "pedestrian"]))
@@ -143,30 +185,47 @@ def describe_identity(ident, rng, num_attributes):
     return text[0].upper() + text[1:]
 
 
+# How each domain photographs people (see the module docstring). Ranges are (low, high).
+LOOKS = {
+    "street": dict(saturated_background=False, clutter=(0, 4), scale=(0.8, 1.0), shift=6,
+                   back_view=0.3, occluder=0.2, light=(0.8, 1.2), tint=0.05, noise=4, blur=0.3),
+    "web": dict(saturated_background=True, clutter=(0, 1), scale=(0.9, 1.0), shift=2,
+                back_view=0.1, occluder=0.0, light=(0.95, 1.15), tint=0.03, noise=2, blur=0.0),
+}
+
+
 def _shade(color, factor):
     return tuple(int(np.clip(c * factor, 0, 255)) for c in color)
 
 
-def render_person(ident, rng, size):
-    """Draw one image of `ident` (H, W) = size with random pose, framing, background and light."""
+def render_person(ident, rng, size, domain="street"):
+    """Draw one image of `ident` (H, W) = size with random pose, framing, background and light,
+    in the look of `domain`."""
+    look = LOOKS[domain]
     H, W = size
     # Draw at a fixed canvas of 128x64 units and resize, so the drawing code has one scale.
     ch, cw = 128, 64
-    # Street-like backgrounds: muted, slightly tinted grays, so that clothing colours are the
-    # salient colours (as in real pedestrian crops) rather than the scene.
-    bg = rng.uniform(50, 190) + rng.uniform(-20, 20, size=3).astype(np.float32)
-    grad = np.linspace(rng.uniform(0.7, 1.0), rng.uniform(1.0, 1.3), ch)[:, None, None]
-    canvas = np.clip(bg[None, None, :] * grad + rng.normal(0, 12, (ch, cw, 3)), 0, 255)
+    if look["saturated_background"]:
+        # Web photos: a flat, saturated backdrop of any colour, nearly even light.
+        bg = rng.uniform(40, 235, size=3).astype(np.float32)
+        grad = np.linspace(rng.uniform(0.9, 1.0), rng.uniform(1.0, 1.1), ch)[:, None, None]
+        canvas = np.clip(bg[None, None, :] * grad + rng.normal(0, 3, (ch, cw, 3)), 0, 255)
+    else:
+        # Street-like backgrounds: muted, slightly tinted grays, so that clothing colours are the
+        # salient colours (as in real pedestrian crops) rather than the scene.
+        bg = rng.uniform(50, 190) + rng.uniform(-20, 20, size=3).astype(np.float32)
+        grad = np.linspace(rng.uniform(0.7, 1.0), rng.uniform(1.0, 1.3), ch)[:, None, None]
+        canvas = np.clip(bg[None, None, :] * grad + rng.normal(0, 12, (ch, cw, 3)), 0, 255)
     img = Image.fromarray(canvas.astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(0, 4))):  # background clutter
+    for _ in range(int(rng.integers(*look["clutter"]))):  # background clutter
         x0, y0 = rng.integers(0, cw), rng.integers(0, ch)
         shade = int(rng.uniform(40, 210))
         draw.rectangle([x0, y0, x0 + rng.integers(4, 20), y0 + rng.integers(4, 30)],
                        fill=(shade, shade + int(rng.integers(-15, 15)), shade))
 
-    s = rng.uniform(0.8, 1.0)
-    cx = cw / 2 + rng.uniform(-6, 6)
+    s = rng.uniform(*look["scale"])
+    cx = cw / 2 + rng.uniform(-look["shift"], look["shift"])
     top = rng.uniform(2, 10) + (1 - s) * 40
 
     def Y(v):
@@ -180,7 +239,7 @@ def render_person(ident, rng, size):
     upper = COLORS[ident["upper_color"]]
     lower = COLORS[ident["lower_color"]]
     shoes = COLORS[ident["shoes_color"]]
-    back_view = rng.random() < 0.3
+    back_view = rng.random() < look["back_view"]
     leg = rng.uniform(0, 6)
     arm = rng.uniform(-5, 5)
 
@@ -247,16 +306,16 @@ def render_person(ident, rng, size):
     elif ident["hat"] == "beanie":
         draw.chord([X(-8), Y(-1), X(8), Y(17)], 180, 360, fill=COLORS[ident["hat_color"]])
 
-    if rng.random() < 0.2:  # occluder: a passer-by's shoulder, a pole, a car
+    if rng.random() < look["occluder"]:  # occluder: a passer-by's shoulder, a pole, a car
         ox = rng.choice([0, cw - rng.integers(10, 22)])
         oy = rng.integers(40, 100)
         draw.rectangle([ox, oy, ox + rng.integers(10, 22), ch],
                        fill=COLORS[str(rng.choice(list(COLORS)))])
     arr = np.asarray(img, dtype=np.float32)
-    light = rng.uniform(0.65, 1.3) * rng.uniform(0.9, 1.1, size=3)
-    arr = np.clip(arr * light[None, None, :] + rng.normal(0, 4, arr.shape), 0, 255)
+    light = rng.uniform(*look["light"]) * rng.uniform(1 - look["tint"], 1 + look["tint"], size=3)
+    arr = np.clip(arr * light[None, None, :] + rng.normal(0, look["noise"], arr.shape), 0, 255)
     out = Image.fromarray(arr.astype(np.uint8))
-    if rng.random() < 0.3:
+    if rng.random() < look["blur"]:
         out = out.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.0))))
     if (H, W) != (ch, cw):
         out = out.resize((W, H), Image.BILINEAR)
@@ -278,9 +337,10 @@ def generate_synthetic_dataset(out_dir, spec):
             ident = sample_identity(rng)
             for k in range(spec["images_per_id"]):
                 rel = f"{split}/{pid:05d}_{k}.jpg"
-                render_person(ident, rng, spec["image_size"]).save(
+                render_person(ident, rng, spec["image_size"], spec["domain"]).save(
                     os.path.join(out_dir, "imgs", rel), quality=92)
-                captions = [describe_identity(ident, rng, int(rng.integers(lo, hi + 1)))
+                captions = [describe_identity(ident, rng, int(rng.integers(lo, hi + 1)),
+                                              spec["domain"])
                             for _ in range(spec["captions_per_image"])]
                 entries.append({"split": split, "captions": captions, "file_path": rel, "id": pid})
     with open(os.path.join(out_dir, "reid_raw.json"), "w", encoding="utf-8") as f:

@@ -45,6 +45,7 @@ class CPCL(nn.Module):
         c = cfg.MODEL.CPCL
         self.itc_weight, self.sdm_weight = c.ITC_WEIGHT, c.SDM_WEIGHT
         self.intra_weight, self.cross_weight = c.INTRA_WEIGHT, c.CROSS_WEIGHT
+        self.text_intra = c.TEXT_INTRA
         self.proto_temperature = c.PROTO_TEMPERATURE
         # Prototypes of the current pseudo identities (filled by the PseudoLabelHook).
         self.memory = PrototypeMemory()
@@ -113,8 +114,9 @@ class CPCL(nn.Module):
         if self.intra_weight > 0:
             losses["loss_v2v"] = self.intra_weight * intra_prototype_loss(
                 image_features, m.image_prototypes, image_labels, tau)
-            losses["loss_t2t"] = self.intra_weight * intra_prototype_loss(
-                text_features, m.text_prototypes, text_labels, tau)
+            if self.text_intra:
+                losses["loss_t2t"] = self.intra_weight * intra_prototype_loss(
+                    text_features, m.text_prototypes, text_labels, tau)
         if self.cross_weight > 0:
             losses["loss_v2t"] = self.cross_weight * cross_prototype_loss(
                 image_features, m.text_prototypes, image_labels, m.cooccurrence, tau)

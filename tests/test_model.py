@@ -163,13 +163,21 @@ def test_mixed_precision_step(tiny_cfg, dtype):
         trainer.pseudo_label_hook.before_epoch()  # pseudo labels: the memory takes part
         assert model.memory.ready
         encoded.clear()  # the pass above encodes in float32, outside autocast
-        trainer.run_step()
-    assert encoded == [getattr(torch, dtype)]
-    assert seen == [(torch.float32, torch.float32, False)]
+
+        def changed():
+            return [n for n, p in model.named_parameters() if n in before
+                    and not torch.equal(before[n], p.detach())]
+        # float16: the gradient scaler skips a step whose scaled gradients overflow and halves
+        # its scale, so the first steps may leave the weights as they were.
+        for steps in range(1, 9):
+            trainer.run_step()
+            trainer.iter += 1
+            if changed():
+                break
+    assert encoded == [getattr(torch, dtype)] * steps
+    assert seen == [(torch.float32, torch.float32, False)] * steps
     assert model.memory.image_prototypes.dtype == torch.float32
-    changed = [n for n, p in model.named_parameters() if n in before
-               and not torch.equal(before[n], p.detach())]
-    assert len(changed) == len(before), set(before) - set(changed)
+    assert len(changed()) == len(before), set(before) - set(changed())
     assert (trainer.grad_scaler is not None) == (dtype == "float16")
     assert ("grad_scaler" in trainer.checkpointer.checkpointables) == (dtype == "float16")
 

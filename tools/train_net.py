@@ -19,6 +19,7 @@ from cpcl_plugin import CPCLTrainer, ConfigError, DatasetError, load_config  # n
 from cpcl_plugin.config import check_batch_split, check_config, check_schedule  # noqa: E402
 from cpcl_plugin.data import build_dataset, parse_test_name  # noqa: E402
 from cpcl_plugin.engine.trainer import load_model_weights, load_trained_model  # noqa: E402
+from cpcl_plugin.modeling.pretrained import ensure_pretrained_weights  # noqa: E402
 from fastreid.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from fastreid.utils import comm  # noqa: E402
 from fastreid.utils.env import seed_all_rng  # noqa: E402
@@ -70,8 +71,26 @@ def main(args):
     rows.append(("after training", results))
     rows += evaluate_selected_checkpoint(cfg, trainer.model)
     if comm.is_main_process():
+        history = trainer.pseudo_label_hook.quality_history
+        if history:
+            logger.info("Pseudo labels of each clustering epoch (monitoring: compared with the "
+                        "identity labels, which training never reads):\n%s",
+                        pseudo_label_table(history))
         logger.info("Text-to-image results:\n%s", results_table(rows, cfg.DATASETS.TESTS))
     return results
+
+
+def pseudo_label_table(history):
+    """A Markdown table of the PseudoLabelHook's quality_history: one row per clustering epoch."""
+    lines = [[h["epoch"], h["image_clusters"], h["image_outliers"],
+              100 * h["image"]["precision"], 100 * h["image"]["recall"], h["image"]["ari"],
+              h["text_clusters"], 100 * h["text"]["precision"], 100 * h["text"]["recall"],
+              h["text"]["ari"]] for h in history]
+    return tabulate(lines, headers=["epoch", "image clusters", "outliers", "image P %",
+                                    "image R %", "image ARI", "caption clusters", "caption P %",
+                                    "caption R %", "caption ARI"],
+                    tablefmt="pipe",
+                    floatfmt=("", "", "", ".1f", ".1f", ".3f", "", ".1f", ".1f", ".3f"))
 
 
 def evaluate_selected_checkpoint(cfg, model):
@@ -124,6 +143,9 @@ def preflight(args):
                           f"batch (SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH}).")
     if not args.eval_only:
         check_schedule(cfg, num_pairs // batch)
+        # A pretraining config in MODEL.CLIP.PRETRAINED: its weights are made here, once, before
+        # any worker starts (every rank then loads the cached file).
+        ensure_pretrained_weights(cfg)
     return cfg
 
 

@@ -49,6 +49,10 @@ class PseudoLabelHook(HookBase):
         self.cfg = cfg
         self.image_labels = self.text_labels = None  # per unique image / per caption
         self._true_ids = None
+        # MONITORING ONLY, on rank 0: per clustering epoch, {"epoch", "image": quality,
+        # "text": quality, **counts}, the quality against the identities (pseudo_label_quality).
+        self.quality_history = []
+        self._before_oplm = None  # (image, caption) labels before OPLM, for that monitoring
 
     # -- the per-epoch pass ---------------------------------------------------------------------
     def before_epoch(self):
@@ -90,7 +94,9 @@ class PseudoLabelHook(HookBase):
                  "image_clusters": int(y_v.max(initial=-1) + 1), "image_outliers": int((y_v < 0).sum()),
                  "text_clusters": int(y_t.max(initial=-1) + 1), "text_outliers": int((y_t < 0).sum()),
                  "image_recovered": 0, "text_recovered": 0}
+        self._before_oplm = None
         if p.OPLM.ENABLED:
+            self._before_oplm = (y_v.copy(), y_t.copy())  # for the monitoring only
             y_v, y_t, recovered = mine_outliers(y_v, y_t, pair_image, image_f, text_f,
                                                 p.OPLM.THRESHOLD)
             recovered["image_recovered"] -= int((y_v[~image_valid] >= 0).sum())
@@ -142,12 +148,18 @@ class PseudoLabelHook(HookBase):
                      f"(DATASETS.SKIP_BAD_IMAGES)")
         scalars = {f"pseudo/{k}": float(v) for k, v in stats.items()}
         image_ids, caption_ids = self._monitoring_identities()
-        for name, pred, true in (("image", self.image_labels, image_ids),
-                                 ("text", self.text_labels, caption_ids)):
-            q = pseudo_label_quality(pred, true)
+        history = dict(stats, epoch=epoch)
+        before = self._before_oplm or (None, None)
+        for name, pred, true, pre in (("image", self.image_labels, image_ids, before[0]),
+                                      ("text", self.text_labels, caption_ids, before[1])):
+            q = history[name] = pseudo_label_quality(pred, true)
             line += (f"\n  [monitoring, identity labels] {name} labels: pairwise precision "
                      f"{100 * q['precision']:.1f}%, recall {100 * q['recall']:.1f}%, "
                      f"ARI {q['ari']:.3f}")
+            if pre is not None:
+                q0 = history[f"{name}_before_oplm"] = pseudo_label_quality(pre, true)
+                line += (f" (before OPLM: {100 * q0['precision']:.1f}% / "
+                         f"{100 * q0['recall']:.1f}% / {q0['ari']:.3f})")
             scalars.update({f"pseudo_quality/{name}_{k}": float(v) for k, v in q.items()})
         if stats["image_clusters"] == 0 and stats["text_clusters"] == 0:
             line += "\n  Every sample is an outlier: this epoch trains the instance loss only."
@@ -156,6 +168,7 @@ class PseudoLabelHook(HookBase):
         elif stats["image_clusters"] == 1 and stats["text_clusters"] == 1:
             line += "\n  Everything fell into one cluster: the prototype losses carry no signal."
         logger.info(line)
+        self.quality_history.append(history)
         self.trainer.storage.put_scalars(**scalars, smoothing_hint=False)
 
     # -- checkpointing (FastReID's Checkpointer calls these) ---------------------------------------

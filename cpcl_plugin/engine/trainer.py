@@ -5,7 +5,7 @@ What differs, and why:
   per-epoch hook can change what the next epoch samples); DDP gets no ``device_ids`` on CPU;
   checkpoints are written atomically; no ``num_classes`` auto-scaling (there are no classes).
 - `build_optimizer`: FastReID's parameter groups (``heads`` get SOLVER.HEADS_LR_FACTOR) without
-  ContiguousParams, whose buffers stop updating on torch >= 2.
+  ContiguousParams, whose buffers stop updating on torch >= 2; Adam and AdamW run fused.
 - `run_step`: draws from the epoch iterator; SimpleTrainer's step, with autocast and a gradient
   scaler under SOLVER.AMP (FastReID's AMPTrainer is CUDA-only and float16-only), then the
   prototype memory's momentum update; logs the temperature.
@@ -34,6 +34,7 @@ from ..config import ConfigError, check_schedule
 from ..data.datasets import DatasetError
 from ..data.build import build_text_image_test_loader, build_text_image_train_loader
 from ..evaluation.t2i_evaluation import TextImageEvaluator
+from ..modeling.pretrained import is_recipe
 from .pseudo_labels import PseudoLabelHook, unwrap
 
 __all__ = ["CPCLTrainer", "AtomicCheckpointer", "parameter_digest", "load_model_weights",
@@ -126,6 +127,11 @@ def load_trained_model(cfg, needed_by):
     if not cfg.MODEL.WEIGHTS:
         raise ConfigError(f"{needed_by} needs a trained model: add MODEL.WEIGHTS "
                           f"path/to/model_final.pth.")
+    if is_recipe(cfg.MODEL.CLIP.PRETRAINED):
+        # Every weight comes from MODEL.WEIGHTS: a pretraining config need not be trained first.
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.CLIP.PRETRAINED = ""
     model = CPCLTrainer.build_model(cfg)
     load_model_weights(model, cfg.MODEL.WEIGHTS)
     return model.eval()
@@ -219,7 +225,15 @@ class CPCLTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        return build_optimizer(cfg, model, contiguous=False)
+        optimizer, params = build_optimizer(cfg, model, contiguous=False)
+        if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+            # FastReID makes one group per parameter, which defeats torch's multi-tensor path; the
+            # fused kernel (CPU and CUDA) updates each tensor in one pass instead of a dozen. On
+            # two CPU cores the tiny CLIP's step (8M parameters) falls from ~0.15 s to ~0.01 s.
+            for group in optimizer.param_groups:
+                group.update(fused=True, foreach=False)
+            optimizer.defaults.update(fused=True, foreach=False)
+        return optimizer, params
 
     def build_hooks(self):
         """FastReID's default hooks minus PreciseBN and LayerFreeze (rejected by check_config),

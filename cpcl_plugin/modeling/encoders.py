@@ -22,6 +22,7 @@ from torch import nn
 
 from ..compat import registry_names
 from ..config import ConfigError
+from .pretrained import ensure_pretrained_weights, is_recipe
 
 __all__ = ["TEXT_ENCODER_REGISTRY", "build_text_encoder", "create_clip_model",
            "OpenCLIPImageBackbone", "OpenCLIPTextEncoder", "ImageEmbeddingHead"]
@@ -46,11 +47,14 @@ class _DropRandomInitWarning(logging.Filter):
 
 def create_clip_model(cfg):
     """The open_clip model of MODEL.CLIP at the configured image size and context length, with
-    weights from MODEL.CLIP.PRETRAINED (tag or file; position embeddings interpolated)."""
+    weights from MODEL.CLIP.PRETRAINED (tag, file, or a pretraining config whose cached weights
+    are made on first use; position embeddings interpolated)."""
     arch, pretrained = cfg.MODEL.CLIP.ARCH, cfg.MODEL.CLIP.PRETRAINED or None
     if arch not in open_clip.list_models():
         raise ConfigError(f"MODEL.CLIP.ARCH {arch!r} is not an open_clip architecture; choose one "
                           f"of open_clip.list_models(), e.g. ViT-B-16, ViT-L-14, CPCL-Tiny.")
+    if pretrained and is_recipe(pretrained):
+        pretrained = ensure_pretrained_weights(cfg)  # a local file from here on
     image_size = clip_image_size(cfg)
     if isinstance(open_clip.get_model_config(arch)["vision_cfg"].get("layers"), (list, tuple)):
         # open_clip's ModifiedResNet (RN50, RN101, ...) pools a square grid only.

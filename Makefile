@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-diagnosis clean
 
 install: $(STAMP)
 
@@ -24,9 +24,13 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests
 
-# Every benchmark, about 50 minutes on two cores; rewrites docs/benchmarks.md and docs/img/.
+# Every benchmark, about 75 minutes on two cores; rewrites docs/benchmarks.md and docs/img/.
 bench: install
 	$(PY) benchmarks/run_all.py
+
+# The diagnosis runs (about 35 minutes); rewrites their section of docs/benchmarks.md.
+bench-diagnosis: install
+	$(PY) benchmarks/run_all.py --only diagnosis
 
 clean:
 	rm -rf $(VENV) logs *.egg-info

@@ -1,12 +1,14 @@
 """Quality benchmark: the CPCL ablation on the synthetic dataset, mean and spread over seeds.
 
-    python benchmarks/quality.py                        # every row, seeds 0 1 2 (under an hour)
-    python benchmarks/quality.py --rows itc full --seeds 0
+    python benchmarks/quality.py                                  # every row, seeds 0 1 2
+    python benchmarks/quality.py --rows itc full oracle --seeds 0 --data-seed 7 --json out.json
 
-Same model (CPCL-Tiny, random init), data and schedule (benchmarks/configs/ablation.yml) for every
-row; only the losses and the source of the labels change:
+Every row starts from the same pretrained tiny CLIP (benchmarks/configs/ablation.yml names the
+pretraining config configs/CPCL/synthetic-web.yml in MODEL.CLIP.PRETRAINED: ITC on the synthetic
+"web", made once and cached) and fine-tunes it on the same target data with the same schedule;
+only the losses and the source of the labels change:
 
-- untrained: the randomly initialised model, evaluated;
+- zeroshot: the pretrained model, evaluated without any target training;
 - itc: instance-level image-text contrastive loss only, the weakly supervised baseline;
 - pmm: + the prototype memory's intra-modal losses (image-image, text-text) on pseudo labels;
 - hcm: + the cross-modal prototype losses through the co-occurrence of labels;
@@ -18,11 +20,18 @@ row; only the losses and the source of the labels change:
 The last two rows READ IDENTITY LABELS FOR TRAINING, on purpose, and only here: they replace the
 pseudo-label hook's clustering inside this script.
 
-Each (row, seed) trains in its own process; two run at a time, one thread each. The seed is the
-training seed (initialisation, sampling, augmentation); the dataset is the same for all. The
-pseudo-label quality of the last epoch (pairwise precision / recall and ARI of the image labels
-against the identities) is monitoring, computed after training. Prints a Markdown table and
-writes a bar plot with --plot.
+`--data-seed S` generates the target dataset from seed S (DATASETS.SYNTHETIC.SEED); the pretraining
+corpus stays the same. `--seeds` are training seeds (sampling, augmentation, new layers). Each
+(row, seed) trains in its own process; two run at a time, one thread each.
+
+Pseudo-label quality (pairwise precision / recall and ARI of the image and caption labels against
+the identities) is MONITORING: the hook records it at every clustering epoch. For the itc row, whose
+training never clusters, this script clusters its features before every epoch with the same
+settings, as a reference for what the features alone would give (also monitoring).
+
+Prints Markdown tables; --plot writes the bar plot, --ari-plot the pseudo-label ARI per epoch,
+--json the quick-mode summary {row: {"R1", "mAP", "ari_first", "ari_last"}} (means over seeds;
+image-label ARI; null for rows without clustering).
 """
 import argparse
 import json
@@ -40,7 +49,7 @@ sys.path.insert(0, REPO)
 CONFIG = os.path.join(REPO, "benchmarks", "configs", "ablation.yml")
 
 ROWS = {
-    "untrained": ("untrained model", None),
+    "zeroshot": ("pretrained, zero-shot (no target training)", None),
     "itc": ("ITC only (instance level, baseline)",
             ["PSEUDO.ENABLED", "False"]),
     "pmm": ("+ PMM intra-modal prototype losses",
@@ -53,7 +62,19 @@ ROWS = {
                ["MODEL.CPCL.SDM_WEIGHT", "1.0", "MODEL.CPCL.INTRA_WEIGHT", "0.0",
                 "MODEL.CPCL.CROSS_WEIGHT", "0.0"]),
 }
-TRUE_LABEL_ROWS = ("true_cpcl", "oracle")
+# Diagnosis (--rows ... or `make bench-diagnosis`): one suspect changed at a time.
+DIAGNOSIS = {
+    "true_cpcl_no_t2t": ("full CPCL losses on true identities, without text-to-text",
+                         ["MODEL.CPCL.TEXT_INTRA", "False"]),
+    "full_no_t2t": ("full CPCL without the text-to-text loss", ["MODEL.CPCL.TEXT_INTRA", "False"]),
+    "full_m09": ("full CPCL, memory momentum 0.9 (keeps 90% per update)",
+                 ["MODEL.CPCL.MEMORY_MOMENTUM", "0.9"]),
+    "full_sdm": ("full CPCL + SDM on pseudo labels", ["MODEL.CPCL.SDM_WEIGHT", "1.0"]),
+    "full_k8": ("full CPCL, P x K with K = 8", ["PSEUDO.NUM_INSTANCES", "8"]),
+    "full_late": ("ITC for 3 epochs, then full CPCL", ["PSEUDO.START_EPOCH", "3"]),
+}
+ROWS.update(DIAGNOSIS)
+TRUE_LABEL_ROWS = ("true_cpcl", "oracle", "true_cpcl_no_t2t")
 METRICS = ("Rank-1", "Rank-5", "Rank-10", "mAP", "mINP")
 
 
@@ -71,93 +92,275 @@ def true_identity_clustering(hook):
     hook._cluster = true_identities
 
 
-def run_one(row, seed, data_root, output_dir, extra_opts):
+def feature_clustering_monitor(cfg, history):
+    """A hook (the itc row): before every epoch, cluster the training features as the pseudo-label
+    pass would, and append their quality against the identities to `history`. MONITORING ONLY:
+    nothing of it reaches training."""
+    from fastreid.engine.train_loop import HookBase
+
+    from cpcl_plugin.clustering import cluster, pseudo_label_quality
+    from cpcl_plugin.data.build import build_feature_loader
+    from cpcl_plugin.evaluation.features import extract_features
+
+    class FeatureClusteringMonitor(HookBase):
+        def before_epoch(self):
+            trainer, p = self.trainer, cfg.PSEUDO
+            text_f, image_f, _ = extract_features(
+                trainer.model, *build_feature_loader(cfg, trainer.data_loader.dataset))
+            image_ids, caption_ids = trainer.pseudo_label_hook._monitoring_identities()
+            kwargs = dict(eps=p.EPS, min_samples=p.MIN_SAMPLES, k1=p.K1, k2=p.K2)
+            history.append({"epoch": trainer.epoch,
+                            "image": pseudo_label_quality(cluster(image_f, **kwargs), image_ids),
+                            "text": pseudo_label_quality(cluster(text_f, **kwargs), caption_ids)})
+    return FeatureClusteringMonitor()
+
+
+def row_config(row, seed, data_root, output_dir, data_seed, extra_opts):
+    """The row's config; `extra_opts` may start with "--config", path (tests use a tiny one)."""
+    from cpcl_plugin import load_config
+    config, extra_opts = CONFIG, list(extra_opts)
+    if extra_opts[:1] == ["--config"]:
+        config, extra_opts = extra_opts[1], extra_opts[2:]
+    opts = ["DATASETS.ROOT", data_root, "OUTPUT_DIR", output_dir, "SEED", str(seed),
+            "DATASETS.SYNTHETIC.SEED", str(data_seed)]
+    return load_config(config, opts + list(ROWS[row][1] or []) + extra_opts)
+
+
+def run_one(row, seed, data_root, output_dir, data_seed, extra_opts):
     """In a child process: train (or only evaluate) one row with one seed; print a JSON line."""
     import torch
     torch.set_num_threads(1)
     from fastreid.utils.env import seed_all_rng
     from fastreid.utils.logger import setup_logger
 
-    from cpcl_plugin import CPCLTrainer, load_config
-    from cpcl_plugin.clustering import pseudo_label_quality
+    from cpcl_plugin import CPCLTrainer
     setup_logger(output_dir, name="cpcl_plugin")
     setup_logger(output_dir, name="fastreid")
-    opts = ["DATASETS.ROOT", data_root, "OUTPUT_DIR", output_dir, "SEED", str(seed)]
-    cfg = load_config(CONFIG, opts + list(ROWS[row][1] or []) + list(extra_opts))
+    cfg = row_config(row, seed, data_root, output_dir, data_seed, extra_opts)
     seed_all_rng(seed)
     start = time.perf_counter()
-    if row == "untrained":
+    history, losses = [], {}
+    if row == "zeroshot":
         results = CPCLTrainer.test(cfg, CPCLTrainer.build_model(cfg))
-        quality = None
     else:
         trainer = CPCLTrainer(cfg)
         if row in TRUE_LABEL_ROWS:
             true_identity_clustering(trainer.pseudo_label_hook)
+        if row == "itc":
+            trainer.register_hooks([feature_clustering_monitor(cfg, history)])
         trainer.resume_or_load(resume=False)
         results = trainer.train()
-        hook = trainer.pseudo_label_hook
-        quality = None
-        if hook.image_labels is not None:
-            image_ids, _ = hook._monitoring_identities()  # MONITORING: after training
-            quality = pseudo_label_quality(hook.image_labels, image_ids)
+        if row != "itc":
+            history = trainer.pseudo_label_hook.quality_history
+        # Each loss term's mean over the last epoch, already weighted: how much of the gradient
+        # each part of the objective drives by the end (diagnosis).
+        losses = {k: trainer.storage.history(k).avg(trainer.iters_per_epoch)
+                  for k in trainer.storage.histories() if k.startswith("loss_")}
     out = {k: float(results[k]) for k in METRICS}
-    out.update(seconds=time.perf_counter() - start, quality=quality)
+    out["losses"] = losses
+    out.update(seconds=time.perf_counter() - start,
+               history=[{k: h[k] for k in ("epoch", "image", "text", "image_before_oplm",
+                                           "text_before_oplm") if k in h} for h in history])
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def launch(row, seed, data_root, work, extra_opts):
-    output_dir = os.path.join(work, f"{row}-{seed}")
+def launch(row, seed, data_root, work, data_seed, extra_opts):
+    output_dir = os.path.join(work, f"{row}-{data_seed}-{seed}")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, __file__, "--child", row, str(seed), data_root,
-                           output_dir, json.dumps(extra_opts)],
+                           output_dir, str(data_seed), json.dumps(extra_opts)],
                           capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
-        raise RuntimeError(f"{row} seed {seed} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{row} seed {seed} (data seed {data_seed}) failed:\n"
+                           f"{proc.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def prepare_data(data_root, extra_opts):
-    """Generate the synthetic dataset once, before the parallel runs."""
-    from cpcl_plugin import load_config
+def prepare(data_root, data_seeds, extra_opts):
+    """Generate the target datasets and the pretrained weights once, before the parallel runs
+    (the pretraining uses both cores). Returns the first target's statistics table."""
     from cpcl_plugin.data import build_dataset
-    cfg = load_config(CONFIG, ["DATASETS.ROOT", data_root] + list(extra_opts))
-    data = build_dataset(cfg, cfg.DATASETS.NAMES[0])
-    return data.statistics_table()
+    from cpcl_plugin.modeling.pretrained import ensure_pretrained_weights
+    tables = []
+    for data_seed in data_seeds:
+        cfg = row_config("zeroshot", 0, data_root, "", data_seed, extra_opts)
+        tables.append(build_dataset(cfg, cfg.DATASETS.NAMES[0]).statistics_table())
+    ensure_pretrained_weights(cfg)
+    return tables[0]
 
 
-def table(results, rows, seeds):
-    lines = ["| row | R1 | R5 | R10 | mAP | mINP | image pseudo labels: precision / recall / ARI "
-             "| minutes per run |", "|---|---|---|---|---|---|---|---|"]
+def _mean_std(values):
+    v = np.asarray(values, dtype=float)
+    return v.mean(), (v.std(ddof=1) if len(v) > 1 else 0.0)
+
+
+def _quality_at(run, which, modality):
+    """Pseudo-label quality of the first or last clustering epoch of a run, or None."""
+    h = run["history"]
+    return (h[0] if which == "first" else h[-1])[modality] if h else None
+
+
+def metrics_table(results, rows, seeds, data_seed):
+    lines = ["| row | R1 | R5 | R10 | mAP | mINP | minutes per run |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
-        runs = [results[(row, s)] for s in seeds]
-        cells = []
-        for k in METRICS:
-            v = np.array([r[k] for r in runs])
-            cells.append(f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0:.2f}")
-        qs = [r["quality"] for r in runs if r["quality"]]
-        q = ("–" if not qs else
-             f"{100 * np.mean([x['precision'] for x in qs]):.1f}% / "
-             f"{100 * np.mean([x['recall'] for x in qs]):.1f}% / "
-             f"{np.mean([x['ari'] for x in qs]):.3f}")
+        runs = [results[(row, data_seed, s)] for s in seeds]
+        cells = ["%.2f ± %.2f" % _mean_std([r[k] for r in runs]) for k in METRICS]
         minutes = np.mean([r["seconds"] for r in runs]) / 60
-        lines.append(f"| {ROWS[row][0]} | " + " | ".join(cells) + f" | {q} | {minutes:.1f} |")
+        lines.append(f"| {ROWS[row][0]} | " + " | ".join(cells) + f" | {minutes:.1f} |")
     return "\n".join(lines)
 
 
-def plot(results, rows, seeds, path):
+def pseudo_label_table(results, rows, seeds, data_seed):
+    """Image and caption label quality at the first and the last clustering epoch."""
+    lines = ["| row | epochs | image labels, first: P / R / ARI | image labels, last | "
+             "caption labels, first | caption labels, last |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        runs = [results[(row, data_seed, s)] for s in seeds]
+        if not runs[0]["history"] or row in TRUE_LABEL_ROWS:
+            continue
+        cells = []
+        for modality in ("image", "text"):
+            for which in ("first", "last"):
+                qs = [_quality_at(r, which, modality) for r in runs]
+                cells.append(f"{100 * np.mean([q['precision'] for q in qs]):.1f}% / "
+                             f"{100 * np.mean([q['recall'] for q in qs]):.1f}% / "
+                             f"{np.mean([q['ari'] for q in qs]):.3f}")
+        epochs = runs[0]["history"]
+        name = ROWS[row][0] + (" (its features, clustered for monitoring)" if row == "itc" else "")
+        lines.append(f"| {name} | {epochs[0]['epoch']}–{epochs[-1]['epoch']} | "
+                     + " | ".join([cells[0], cells[1], cells[2], cells[3]]) + " |")
+    return "\n".join(lines)
+
+
+def oplm_table(results, rows, seeds, data_seed):
+    """What OPLM does to the labels of the first clustering epoch: quality before and after."""
+    lines = ["| row | image labels before OPLM: P / R / ARI | after | caption labels before | "
+             "after |", "|---|---|---|---|---|"]
+    for row in rows:
+        runs = [results[(row, data_seed, s)] for s in seeds]
+        if not runs[0]["history"] or "image_before_oplm" not in runs[0]["history"][0]:
+            continue
+        cells = []
+        for modality in ("image", "text"):
+            for key in (f"{modality}_before_oplm", modality):
+                qs = [r["history"][0][key] for r in runs]
+                cells.append(f"{100 * np.mean([q['precision'] for q in qs]):.1f}% / "
+                             f"{100 * np.mean([q['recall'] for q in qs]):.1f}% / "
+                             f"{np.mean([q['ari'] for q in qs]):.3f}")
+        lines.append(f"| {ROWS[row][0]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def loss_table(results, rows, seeds, data_seed):
+    """Each weighted loss term, mean over the last epoch and the seeds."""
+    runs = {row: [results[(row, data_seed, s)] for s in seeds] for row in rows}
+    terms = sorted({k for rs in runs.values() for r in rs for k in r.get("losses", {})})
+    lines = ["| row | " + " | ".join(terms) + " |", "|---" * (len(terms) + 1) + "|"]
+    for row, rs in runs.items():
+        if not rs[0].get("losses"):
+            continue
+        cells = [f"{np.mean([r['losses'][t] for r in rs]):.3f}" if t in rs[0]["losses"] else "–"
+                 for t in terms]
+        lines.append(f"| {ROWS[row][0]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary(results, rows, seeds, data_seed):
+    """The quick mode's JSON: {row: {"R1", "mAP", "ari_first", "ari_last"}}, means over seeds."""
+    out = {}
+    for row in rows:
+        runs = [results[(row, data_seed, s)] for s in seeds]
+        clustered = row not in ("zeroshot", "itc") + TRUE_LABEL_ROWS and runs[0]["history"]
+        out[row] = {"R1": float(np.mean([r["Rank-1"] for r in runs])),
+                    "mAP": float(np.mean([r["mAP"] for r in runs])),
+                    "ari_first": float(np.mean([_quality_at(r, "first", "image")["ari"]
+                                                for r in runs])) if clustered else None,
+                    "ari_last": float(np.mean([_quality_at(r, "last", "image")["ari"]
+                                               for r in runs])) if clustered else None}
+    return out
+
+
+def gap_verdict(results, seeds, data_seed):
+    """Full CPCL against ITC on mAP, in units of the pooled seed std."""
+    if not all((r, data_seed, s) in results for r in ("itc", "full") for s in seeds) or \
+            len(seeds) < 2:
+        return ""
+    itc = [results[("itc", data_seed, s)]["mAP"] for s in seeds]
+    full = [results[("full", data_seed, s)]["mAP"] for s in seeds]
+    pooled = np.sqrt((np.var(itc, ddof=1) + np.var(full, ddof=1)) / 2)
+    diff = np.mean(full) - np.mean(itc)
+    text = (f"Full CPCL − ITC on mAP: {diff:+.2f} points; pooled seed std {pooled:.2f}, so the "
+            f"difference is {diff / pooled if pooled else float('inf'):.1f} pooled stds.")
+    if ("oracle", data_seed, seeds[0]) in results:
+        oracle = np.mean([results[("oracle", data_seed, s)]["mAP"] for s in seeds])
+        if oracle > np.mean(itc):
+            text += (f" The supervised bound is {oracle - np.mean(itc):+.2f} mAP over ITC; full "
+                     f"CPCL closes {100 * diff / (oracle - np.mean(itc)):.0f}% of that gap.")
+    return text
+
+
+def against_full(results, rows, seeds, data_seed):
+    """Each diagnosis row's mAP and R1 minus full CPCL's, in points and pooled seed stds."""
+    if "full" not in rows or len(seeds) < 2:
+        return ""
+    def runs(row, k):
+        return [results[(row, data_seed, s)][k] for s in seeds]
+    lines = ["| row | mAP − full CPCL | in pooled stds | R1 − full CPCL | in pooled stds |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        if row not in DIAGNOSIS:
+            continue
+        cells = []
+        for k in ("mAP", "Rank-1"):
+            a, b = runs(row, k), runs("full", k)
+            pooled = np.sqrt((np.var(a, ddof=1) + np.var(b, ddof=1)) / 2)
+            diff = np.mean(a) - np.mean(b)
+            cells += [f"{diff:+.2f}", f"{diff / pooled:+.1f}" if pooled else "–"]
+        lines.append(f"| {ROWS[row][0]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def bar_plot(results, rows, seeds, data_seed, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 3.6))
     x = np.arange(len(rows))
     for i, (k, label) in enumerate((("Rank-1", "R1"), ("mAP", "mAP"))):
-        vals = np.array([[results[(r, s)][k] for s in seeds] for r in rows])
+        vals = np.array([[results[(r, data_seed, s)][k] for s in seeds] for r in rows])
         spread = vals.std(1, ddof=1) if len(seeds) > 1 else np.zeros(len(rows))  # as the table
         ax.bar(x + (i - 0.5) * 0.38, vals.mean(1), 0.38, yerr=spread, capsize=3, label=label)
     ax.set_xticks(x, [r for r in rows])
     ax.set_ylabel("%")
-    ax.set_title(f"Synthetic ablation, mean and std over {len(seeds)} seeds")
+    ax.set_title(f"Synthetic ablation from the pretrained tiny CLIP, mean and std over "
+                 f"{len(seeds)} seeds")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def ari_plot(results, rows, seeds, data_seed, path):
+    """Image pseudo-label ARI per epoch, mean over seeds (band: min to max), of the rows that
+    cluster, with the itc row's clustered features as the reference."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    for row in rows:
+        runs = [results[(row, data_seed, s)] for s in seeds]
+        if row in TRUE_LABEL_ROWS or not runs[0]["history"]:
+            continue
+        epochs = [h["epoch"] for h in runs[0]["history"]]
+        ari = np.array([[h["image"]["ari"] for h in r["history"]] for r in runs])
+        style = "--" if row == "itc" else "-"
+        label = "itc (features, monitoring)" if row == "itc" else row
+        ax.plot(epochs, ari.mean(0), style, marker="o", ms=3, label=label)
+        ax.fill_between(epochs, ari.min(0), ari.max(0), alpha=0.15)
+    ax.set_xlabel("epoch (labels made before it)")
+    ax.set_ylabel("image pseudo-label ARI")
+    ax.set_title("Does training improve its own pseudo labels?")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -165,32 +368,83 @@ def plot(results, rows, seeds, path):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                        help="training seeds")
+    parser.add_argument("--data-seed", type=int, default=0,
+                        help="seed of the target dataset (the pretraining corpus stays fixed)")
+    parser.add_argument("--held-out", nargs="*", type=int, default=[],
+                        help="data seeds not used to choose the settings: rerun --held-out-rows "
+                             "on each, with --held-out-seeds")
+    parser.add_argument("--held-out-rows", nargs="+", default=["itc", "full"],
+                        choices=list(ROWS))
+    parser.add_argument("--held-out-seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--data-root", default=os.path.join(REPO, "datasets"))
     parser.add_argument("--plot", help="write a bar plot of R1 and mAP to this PNG file")
+    parser.add_argument("--ari-plot", help="write the image pseudo-label ARI per epoch here")
+    parser.add_argument("--json", help="write {row: {R1, mAP, ari_first, ari_last}} here")
+    parser.add_argument("--config", default=CONFIG, help="the target config of every row")
     parser.add_argument("opts", nargs="*", help="config overrides for every row, KEY VALUE pairs")
     args = parser.parse_args()
     if args.child:
-        row, seed, data_root, output_dir, extra = args.child
-        return run_one(row, int(seed), data_root, output_dir, json.loads(extra))
+        row, seed, data_root, output_dir, data_seed, extra = args.child
+        return run_one(row, int(seed), data_root, output_dir, int(data_seed), json.loads(extra))
     start = time.perf_counter()
-    stats = prepare_data(args.data_root, args.opts)
-    jobs = [(row, seed) for row in args.rows for seed in args.seeds]
-    # Longest first (the untrained rows only evaluate), so the two slots finish together.
-    jobs.sort(key=lambda j: j[0] == "untrained")
+    if os.path.abspath(args.config) != CONFIG:
+        args.opts = ["--config", os.path.abspath(args.config)] + list(args.opts)
+    stats = prepare(args.data_root, [args.data_seed] + args.held_out, args.opts)
+    jobs = [(row, args.data_seed, seed) for row in args.rows for seed in args.seeds]
+    jobs += [(row, d, seed) for d in args.held_out for row in args.held_out_rows
+             for seed in args.held_out_seeds]
+    # Longest first (the zero-shot rows only evaluate), so the two slots finish together.
+    jobs.sort(key=lambda j: j[0] == "zeroshot")
     with tempfile.TemporaryDirectory() as work, ThreadPoolExecutor(args.jobs) as pool:
-        futures = {job: pool.submit(launch, *job, args.data_root, work, args.opts) for job in jobs}
+        futures = {job: pool.submit(launch, job[0], job[2], args.data_root, work, job[1],
+                                    args.opts) for job in jobs}
         results = {job: f.result() for job, f in futures.items()}
-    print(f"Synthetic dataset (benchmarks/configs/ablation.yml):\n\n{stats}\n")
-    print(table(results, args.rows, args.seeds))
-    print(f"\nSeeds {', '.join(map(str, args.seeds))}; mean ± standard deviation; {args.jobs} runs "
-          f"at a time, one thread each; whole benchmark {(time.perf_counter() - start) / 60:.1f} "
-          f"minutes.")
+    print(f"Target dataset ({os.path.relpath(args.config, REPO)}, data seed {args.data_seed}):\n\n"
+          f"{stats}\n")
+    print(metrics_table(results, args.rows, args.seeds, args.data_seed))
+    print(f"\nTraining seeds {', '.join(map(str, args.seeds))}; mean ± standard deviation.\n")
+    labels = pseudo_label_table(results, args.rows, args.seeds, args.data_seed)
+    if labels.count("\n") > 1:
+        print("Pseudo labels against the identities (monitoring), mean over seeds: pairwise "
+              "precision / recall / ARI at the first and the last clustering epoch:\n")
+        print(labels + "\n")
+    oplm = oplm_table(results, args.rows, args.seeds, args.data_seed)
+    if oplm.count("\n") > 1:
+        print("OPLM at the first clustering epoch (monitoring), mean over seeds:\n")
+        print(oplm + "\n")
+    losses = loss_table(results, args.rows, args.seeds, args.data_seed)
+    if losses.count("\n") > 1:
+        print("Loss terms in the last epoch (weighted, as summed for the gradient), mean over "
+              "seeds:\n")
+        print(losses + "\n")
+    verdict = gap_verdict(results, args.seeds, args.data_seed)
+    if verdict:
+        print(verdict + "\n")
+    diagnosis = against_full(results, args.rows, args.seeds, args.data_seed)
+    if diagnosis:
+        print("Each suspect against full CPCL (same seeds):\n\n" + diagnosis + "\n")
+    for d in args.held_out:
+        print(f"Held-out target data seed {d} (not used to choose any setting), training seeds "
+              f"{', '.join(map(str, args.held_out_seeds))}:\n")
+        print(metrics_table(results, args.held_out_rows, args.held_out_seeds, d) + "\n")
+        verdict = gap_verdict(results, args.held_out_seeds, d)
+        if verdict:
+            print(verdict + "\n")
+    print(f"{args.jobs} runs at a time, one thread each; whole benchmark "
+          f"{(time.perf_counter() - start) / 60:.1f} minutes.")
     if args.plot:
-        plot(results, args.rows, args.seeds, args.plot)
+        bar_plot(results, args.rows, args.seeds, args.data_seed, args.plot)
+    if args.ari_plot:
+        ari_plot(results, args.rows, args.seeds, args.data_seed, args.ari_plot)
+    if args.json:
+        with open(args.json + ".tmp", "w") as f:
+            json.dump(summary(results, args.rows, args.seeds, args.data_seed), f, indent=1)
+        os.replace(args.json + ".tmp", args.json)
 
 
 if __name__ == "__main__":

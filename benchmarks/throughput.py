@@ -33,7 +33,9 @@ def config(data_root, output_dir, pseudo):
     return load_config(CONFIG, ["DATASETS.ROOT", data_root, "OUTPUT_DIR", output_dir,
                                 "SOLVER.MAX_EPOCH", "1", "SOLVER.WARMUP_ITERS", "0",
                                 "TEST.EVAL_BEFORE_TRAIN", "False", "SOLVER.LOG_PERIOD", "10",
-                                "PSEUDO.ENABLED", str(pseudo), "PSEUDO.START_EPOCH", "0"])
+                                "PSEUDO.ENABLED", str(pseudo), "PSEUDO.START_EPOCH", "0",
+                                # speed does not depend on the weights: no pretraining needed
+                                "MODEL.CLIP.PRETRAINED", ""])
 
 
 def trainer_epoch(cfg):

@@ -1,0 +1,35 @@
+"""The quality benchmark's quick mode, end to end on a tiny target (benchmarks/quality.py)."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_quick_mode_trains_the_rows_from_pretrained_weights_and_writes_its_json(data_root,
+                                                                                tmp_path):
+    out = tmp_path / "quick.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "quality.py"), "--config",
+         os.path.join(REPO, "tests", "configs", "tiny-quality.yml"), "--rows", "itc", "full",
+         "oracle", "--seeds", "0", "--data-seed", "5", "--json", str(out), "--data-root",
+         data_root], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result) == {"itc", "full", "oracle"}
+    for row in result.values():
+        assert set(row) == {"R1", "mAP", "ari_first", "ari_last"}
+        assert 0 <= row["R1"] <= 100 and 0 <= row["mAP"] <= 100
+    # Only full CPCL clusters: ITC trains without labels, the oracle reads the identities.
+    assert result["itc"]["ari_first"] is None and result["oracle"]["ari_last"] is None
+    assert isinstance(result["full"]["ari_first"], float)
+    assert isinstance(result["full"]["ari_last"], float)
+    # The target came from data seed 5; the rows started from the pretraining config's weights.
+    specs = [json.load(open(p)) for p in glob.glob(os.path.join(data_root, "SyntheticPedes",
+                                                                "*", "spec.json"))]
+    assert any(s["seed"] == 5 and s["domain"] == "street" for s in specs)
+    assert glob.glob(os.path.join(data_root, "pretrained", "CPCL-Tiny-tiny-pretrain-*.pth"))
+    assert "| ITC only (instance level, baseline) |" in proc.stdout
+    assert "Loss terms in the last epoch" in proc.stdout

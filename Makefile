@@ -28,7 +28,7 @@ test: install
 bench: install
 	$(PY) benchmarks/run_all.py
 
-# The diagnosis runs (about 35 minutes); rewrites their section of docs/benchmarks.md.
+# The diagnosis runs (about 40 minutes); rewrites their section of docs/benchmarks.md.
 bench-diagnosis: install
 	$(PY) benchmarks/run_all.py --only diagnosis
 

@@ -69,6 +69,8 @@ DIAGNOSIS = {
     "full_no_t2t": ("full CPCL without the text-to-text loss", ["MODEL.CPCL.TEXT_INTRA", "False"]),
     "full_m09": ("full CPCL, memory momentum 0.9 (keeps 90% per update)",
                  ["MODEL.CPCL.MEMORY_MOMENTUM", "0.9"]),
+    "full_tau": ("full CPCL, prototype temperature 0.1 (not 0.05)",
+                 ["MODEL.CPCL.PROTO_TEMPERATURE", "0.1"]),
     "full_sdm": ("full CPCL + SDM on pseudo labels", ["MODEL.CPCL.SDM_WEIGHT", "1.0"]),
     "full_k8": ("full CPCL, P x K with K = 8", ["PSEUDO.NUM_INSTANCES", "8"]),
     "full_late": ("ITC for 3 epochs, then full CPCL", ["PSEUDO.START_EPOCH", "3"]),

@@ -75,6 +75,7 @@ DIAGNOSIS = {
     "full_k8": ("full CPCL, P x K with K = 8", ["PSEUDO.NUM_INSTANCES", "8"]),
     "full_late": ("ITC for 3 epochs, then full CPCL", ["PSEUDO.START_EPOCH", "3"]),
 }
+MAIN_ROWS = list(ROWS)
 ROWS.update(DIAGNOSIS)
 TRUE_LABEL_ROWS = ("true_cpcl", "oracle", "true_cpcl_no_t2t")
 METRICS = ("Rank-1", "Rank-5", "Rank-10", "mAP", "mINP")
@@ -97,7 +98,8 @@ def true_identity_clustering(hook):
 def feature_clustering_monitor(cfg, history):
     """A hook (the itc row): before every epoch, cluster the training features as the pseudo-label
     pass would, and append their quality against the identities to `history`. MONITORING ONLY:
-    nothing of it reaches training."""
+    no label or loss of the training comes from it (its loader does draw from torch's random
+    generator, and its time counts in the row's minutes)."""
     from fastreid.engine.train_loop import HookBase
 
     from cpcl_plugin.clustering import cluster, pseudo_label_quality
@@ -203,6 +205,17 @@ def _quality_at(run, which, modality):
     return (h[0] if which == "first" else h[-1])[modality] if h else None
 
 
+def _quality_cell(qualities):
+    """Mean pairwise precision / recall / ARI of pseudo-label qualities, as one table cell."""
+    return (f"{100 * np.mean([q['precision'] for q in qualities]):.1f}% / "
+            f"{100 * np.mean([q['recall'] for q in qualities]):.1f}% / "
+            f"{np.mean([q['ari'] for q in qualities]):.3f}")
+
+
+def _pooled_std(a, b):
+    return np.sqrt((np.var(a, ddof=1) + np.var(b, ddof=1)) / 2)
+
+
 def metrics_table(results, rows, seeds, data_seed):
     lines = ["| row | R1 | R5 | R10 | mAP | mINP | minutes per run |",
              "|---|---|---|---|---|---|---|"]
@@ -226,9 +239,7 @@ def pseudo_label_table(results, rows, seeds, data_seed):
         for modality in ("image", "text"):
             for which in ("first", "last"):
                 qs = [_quality_at(r, which, modality) for r in runs]
-                cells.append(f"{100 * np.mean([q['precision'] for q in qs]):.1f}% / "
-                             f"{100 * np.mean([q['recall'] for q in qs]):.1f}% / "
-                             f"{np.mean([q['ari'] for q in qs]):.3f}")
+                cells.append(_quality_cell(qs))
         epochs = runs[0]["history"]
         name = ROWS[row][0] + (" (its features, clustered for monitoring)" if row == "itc" else "")
         lines.append(f"| {name} | {epochs[0]['epoch']}–{epochs[-1]['epoch']} | "
@@ -248,9 +259,7 @@ def oplm_table(results, rows, seeds, data_seed):
         for modality in ("image", "text"):
             for key in (f"{modality}_before_oplm", modality):
                 qs = [r["history"][0][key] for r in runs]
-                cells.append(f"{100 * np.mean([q['precision'] for q in qs]):.1f}% / "
-                             f"{100 * np.mean([q['recall'] for q in qs]):.1f}% / "
-                             f"{np.mean([q['ari'] for q in qs]):.3f}")
+                cells.append(_quality_cell(qs))
         lines.append(f"| {ROWS[row][0]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -291,7 +300,7 @@ def gap_verdict(results, seeds, data_seed):
         return ""
     itc = [results[("itc", data_seed, s)]["mAP"] for s in seeds]
     full = [results[("full", data_seed, s)]["mAP"] for s in seeds]
-    pooled = np.sqrt((np.var(itc, ddof=1) + np.var(full, ddof=1)) / 2)
+    pooled = _pooled_std(itc, full)
     diff = np.mean(full) - np.mean(itc)
     text = (f"Full CPCL − ITC on mAP: {diff:+.2f} points; pooled seed std {pooled:.2f}, so the "
             f"difference is {diff / pooled if pooled else float('inf'):.1f} pooled stds.")
@@ -317,7 +326,7 @@ def against_full(results, rows, seeds, data_seed):
         cells = []
         for k in ("mAP", "Rank-1"):
             a, b = runs(row, k), runs("full", k)
-            pooled = np.sqrt((np.var(a, ddof=1) + np.var(b, ddof=1)) / 2)
+            pooled = _pooled_std(a, b)
             diff = np.mean(a) - np.mean(b)
             cells += [f"{diff:+.2f}", f"{diff / pooled:+.1f}" if pooled else "–"]
         lines.append(f"| {ROWS[row][0]} | " + " | ".join(cells) + " |")
@@ -371,7 +380,8 @@ def ari_plot(results, rows, seeds, data_seed, path):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--rows", nargs="+", default=MAIN_ROWS, choices=list(ROWS),
+                        help="default: the ablation's rows (the diagnosis rows on request)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                         help="training seeds")
     parser.add_argument("--data-seed", type=int, default=0,
@@ -390,6 +400,10 @@ def main():
     parser.add_argument("--config", default=CONFIG, help="the target config of every row")
     parser.add_argument("opts", nargs="*", help="config overrides for every row, KEY VALUE pairs")
     args = parser.parse_args()
+    for key in ("data_root", "plot", "ari_plot", "json", "config"):  # as given, from here
+        if getattr(args, key):
+            setattr(args, key, os.path.abspath(getattr(args, key)))
+    os.chdir(REPO)  # configs name each other relative to the repository (MODEL.CLIP.PRETRAINED)
     if args.child:
         row, seed, data_root, output_dir, data_seed, extra = args.child
         return run_one(row, int(seed), data_root, output_dir, int(data_seed), json.loads(extra))

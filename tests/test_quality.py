@@ -33,3 +33,13 @@ def test_quick_mode_trains_the_rows_from_pretrained_weights_and_writes_its_json(
     assert glob.glob(os.path.join(data_root, "pretrained", "CPCL-Tiny-tiny-pretrain-*.pth"))
     assert "| ITC only (instance level, baseline) |" in proc.stdout
     assert "Loss terms in the last epoch" in proc.stdout
+    # The pretraining run's log goes to stderr: stdout holds only the results (make bench pastes it).
+    assert "fastreid.utils.events" not in proc.stdout and "Saving checkpoint" not in proc.stdout
+
+
+def test_the_ablation_by_default_leaves_the_diagnosis_rows_to_be_asked_for():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import quality
+    assert quality.MAIN_ROWS == ["zeroshot", "itc", "pmm", "hcm", "full", "true_cpcl", "oracle"]
+    assert not set(quality.MAIN_ROWS) & set(quality.DIAGNOSIS)
+    assert set(quality.DIAGNOSIS) <= set(quality.ROWS)

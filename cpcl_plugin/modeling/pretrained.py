@@ -31,8 +31,6 @@ logger = logging.getLogger(__name__)
 RECIPE_SUFFIXES = (".yml", ".yaml")
 # Bump when the export below changes, so that cached weights are made again.
 EXPORT_VERSION = "1"
-# Recipes being pretrained by the processes above this one, to refuse a cycle of recipes.
-_CHAIN_ENV = "CPCL_PRETRAINING_CHAIN"
 _TRAIN_NET = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "tools", "train_net.py")
 
@@ -51,22 +49,31 @@ def _recipe_config(recipe, data_root):
     return load_config(recipe, ["DATASETS.ROOT", data_root], check=False)
 
 
-def pretrained_weights_path(cfg):
+def pretrained_weights_path(cfg, _within=()):
     """Where the weights of the recipe in cfg.MODEL.CLIP.PRETRAINED are cached:
     ``<dataset root>/pretrained/<arch>-<recipe name>-<hash>.pth``, the hash covering the recipe's
-    full config (paths aside) and the synthetic generator's version."""
+    full config (paths aside), the synthetic generator's version and, when the recipe itself
+    starts from a recipe, that one's cached file (so editing either makes the weights again).
+    `_within`: the recipes whose hash asks for this one, to refuse a cycle."""
     from ..data.datasets import dataset_root
     from ..data.synthetic import GENERATOR_VERSION
     recipe, root = cfg.MODEL.CLIP.PRETRAINED, dataset_root(cfg)
+    if os.path.abspath(recipe) in _within:
+        raise ConfigError(f"MODEL.CLIP.PRETRAINED recipes form a cycle: "
+                          f"{' -> '.join(_within + (os.path.abspath(recipe),))}.")
     recipe_cfg = _recipe_config(recipe, root)
     if recipe_cfg.MODEL.CLIP.ARCH != cfg.MODEL.CLIP.ARCH:
         raise ConfigError(f"MODEL.CLIP.PRETRAINED {recipe} trains {recipe_cfg.MODEL.CLIP.ARCH}, "
                           f"but MODEL.CLIP.ARCH is {cfg.MODEL.CLIP.ARCH}; use the same "
                           f"architecture in both.")
+    starts_from = ""
+    if is_recipe(recipe_cfg.MODEL.CLIP.PRETRAINED):
+        starts_from = os.path.basename(pretrained_weights_path(
+            recipe_cfg, _within + (os.path.abspath(recipe),)))
     produced_by = recipe_cfg.clone()
     produced_by.defrost()
     produced_by.OUTPUT_DIR, produced_by.DATASETS.ROOT = "", ""  # where, not what
-    blob = (produced_by.dump() + GENERATOR_VERSION + EXPORT_VERSION).encode()
+    blob = (produced_by.dump() + GENERATOR_VERSION + EXPORT_VERSION + starts_from).encode()
     name = os.path.splitext(os.path.basename(recipe))[0]
     return os.path.join(root, "pretrained",
                         f"{cfg.MODEL.CLIP.ARCH}-{name}-{hashlib.sha1(blob).hexdigest()[:10]}.pth")
@@ -110,13 +117,9 @@ def ensure_pretrained_weights(cfg):
     recipe = cfg.MODEL.CLIP.PRETRAINED
     if not is_recipe(recipe):
         return None
-    path = pretrained_weights_path(cfg)
+    path = pretrained_weights_path(cfg)  # refuses a cycle of recipes
     if os.path.isfile(path):
         return path
-    chain = [p for p in os.environ.get(_CHAIN_ENV, "").split(os.pathsep) if p]
-    if os.path.abspath(recipe) in chain:
-        raise ConfigError(f"MODEL.CLIP.PRETRAINED recipes form a cycle: "
-                          f"{' -> '.join(chain + [os.path.abspath(recipe)])}.")
     if not os.path.isfile(_TRAIN_NET):
         raise ConfigError(f"MODEL.CLIP.PRETRAINED {recipe} is made by tools/train_net.py of a "
                           f"cpcl-plugin checkout, which is not at {_TRAIN_NET}; train the recipe "
@@ -128,18 +131,19 @@ def ensure_pretrained_weights(cfg):
     logger.info(f"MODEL.CLIP.PRETRAINED {recipe}: pretraining once (python tools/train_net.py "
                 f"--config-file {recipe}); the weights are cached in {path}")
     try:
-        env = dict(os.environ, **{_CHAIN_ENV: os.pathsep.join(chain + [os.path.abspath(recipe)])})
+        # Its log goes to stderr: the caller's stdout may be a result (a benchmark's tables).
         proc = subprocess.run([sys.executable, _TRAIN_NET, "--config-file", recipe,
-                               "DATASETS.ROOT", root, "OUTPUT_DIR", work], env=env)
+                               "DATASETS.ROOT", root, "OUTPUT_DIR", work],
+                              stdout=sys.stderr)
         final = os.path.join(work, "model_final.pth")
         if proc.returncode or not os.path.isfile(final):
             raise ConfigError(f"MODEL.CLIP.PRETRAINED {recipe}: its pretraining run failed "
                               f"(exit status {proc.returncode}; its messages are above).")
-        if os.path.isfile(os.path.join(work, "log.txt")):  # how they were made, beside them
-            shutil.copyfile(os.path.join(work, "log.txt"), path[:-len(".pth")] + ".log.txt")
         # Exported inside the work folder, then renamed into place: complete or absent.
         weights = export_open_clip_weights(_recipe_config(recipe, root), final,
                                            os.path.join(work, "weights.pth"))
+        if os.path.isfile(os.path.join(work, "log.txt")):  # how they were made, beside them
+            os.replace(os.path.join(work, "log.txt"), path[:-len(".pth")] + ".log.txt")
         os.replace(weights, path)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -104,15 +104,16 @@ def feature_clustering_monitor(cfg, history):
 
     from cpcl_plugin.clustering import cluster, pseudo_label_quality
     from cpcl_plugin.data.build import build_feature_loader
+    from cpcl_plugin.engine.pseudo_labels import clustering_settings
     from cpcl_plugin.evaluation.features import extract_features
 
     class FeatureClusteringMonitor(HookBase):
         def before_epoch(self):
-            trainer, p = self.trainer, cfg.PSEUDO
+            trainer = self.trainer
             text_f, image_f, _ = extract_features(
                 trainer.model, *build_feature_loader(cfg, trainer.data_loader.dataset))
             image_ids, caption_ids = trainer.pseudo_label_hook._monitoring_identities()
-            kwargs = dict(eps=p.EPS, min_samples=p.MIN_SAMPLES, k1=p.K1, k2=p.K2)
+            kwargs = clustering_settings(cfg)
             history.append({"epoch": trainer.epoch,
                             "image": pseudo_label_quality(cluster(image_f, **kwargs), image_ids),
                             "text": pseudo_label_quality(cluster(text_f, **kwargs), caption_ids)})

@@ -23,13 +23,19 @@ from ..data.build import build_feature_loader, flatten_pairs
 from ..data.datasets import build_dataset
 from ..evaluation.features import extract_features
 
-__all__ = ["PseudoLabelHook", "unwrap"]
+__all__ = ["PseudoLabelHook", "unwrap", "clustering_settings"]
 
 logger = logging.getLogger(__name__)
 
 
 def unwrap(model):
     return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def clustering_settings(cfg):
+    """The keyword arguments of `cluster` that PSEUDO configures (the same for both modalities)."""
+    p = cfg.PSEUDO
+    return dict(eps=p.EPS, min_samples=p.MIN_SAMPLES, k1=p.K1, k2=p.K2)
 
 
 def _digest(*arrays):
@@ -85,8 +91,7 @@ class PseudoLabelHook(HookBase):
     def _cluster(self, image_f, text_f, pair_image, image_valid):
         """Image and caption pseudo labels, OPLM, statistics. Images that could not be decoded
         (DATASETS.SKIP_BAD_IMAGES) are outliers, never clustered nor mined."""
-        p = self.cfg.PSEUDO
-        kwargs = dict(eps=p.EPS, min_samples=p.MIN_SAMPLES, k1=p.K1, k2=p.K2)
+        p, kwargs = self.cfg.PSEUDO, clustering_settings(self.cfg)
         y_v = np.full(len(image_f), -1, dtype=np.int64)
         y_v[image_valid] = cluster(image_f[image_valid], **kwargs)
         y_t = cluster(text_f, **kwargs)

@@ -72,8 +72,8 @@ def add_cpcl_config(cfg):
     # Weight of the intra-modal prototype losses (image-to-image and text-to-text, PMM).
     _C.MODEL.CPCL.INTRA_WEIGHT = 1.0
     # Include the text-to-text term of the intra-modal losses. Captions that each name a few of a
-    # person's attributes do not cluster by person, and pulling them onto one prototype blurs
-    # what each one names: on the synthetic benchmark, dropping it helps (docs/benchmarks.md).
+    # person's attributes do not cluster by person; through such imprecise caption labels the
+    # term hurts, and on the synthetic benchmark dropping it gains ~0.9 mAP (docs/benchmarks.md).
     _C.MODEL.CPCL.TEXT_INTRA = True
     # Weight of the many-to-many cross-modal prototype losses (HCM).
     _C.MODEL.CPCL.CROSS_WEIGHT = 1.0

@@ -236,15 +236,12 @@ def pseudo_label_table(results, rows, seeds, data_seed):
         runs = [results[(row, data_seed, s)] for s in seeds]
         if not runs[0]["history"] or row in TRUE_LABEL_ROWS:
             continue
-        cells = []
-        for modality in ("image", "text"):
-            for which in ("first", "last"):
-                qs = [_quality_at(r, which, modality) for r in runs]
-                cells.append(_quality_cell(qs))
+        cells = [_quality_cell([_quality_at(r, which, modality) for r in runs])
+                 for modality in ("image", "text") for which in ("first", "last")]
         epochs = runs[0]["history"]
         name = ROWS[row][0] + (" (its features, clustered for monitoring)" if row == "itc" else "")
         lines.append(f"| {name} | {epochs[0]['epoch']}–{epochs[-1]['epoch']} | "
-                     + " | ".join([cells[0], cells[1], cells[2], cells[3]]) + " |")
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -256,11 +253,9 @@ def oplm_table(results, rows, seeds, data_seed):
         runs = [results[(row, data_seed, s)] for s in seeds]
         if not runs[0]["history"] or "image_before_oplm" not in runs[0]["history"][0]:
             continue
-        cells = []
-        for modality in ("image", "text"):
-            for key in (f"{modality}_before_oplm", modality):
-                qs = [r["history"][0][key] for r in runs]
-                cells.append(_quality_cell(qs))
+        cells = [_quality_cell([r["history"][0][key] for r in runs])
+                 for modality in ("image", "text")
+                 for key in (f"{modality}_before_oplm", modality)]
         lines.append(f"| {ROWS[row][0]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -34,7 +34,7 @@ from ..config import ConfigError, check_schedule
 from ..data.datasets import DatasetError
 from ..data.build import build_text_image_test_loader, build_text_image_train_loader
 from ..evaluation.t2i_evaluation import TextImageEvaluator
-from ..modeling.pretrained import is_recipe
+from ..modeling.pretrained import is_recipe, without_pretrained_weights
 from .pseudo_labels import PseudoLabelHook, unwrap
 
 __all__ = ["CPCLTrainer", "AtomicCheckpointer", "parameter_digest", "load_model_weights",
@@ -129,9 +129,7 @@ def load_trained_model(cfg, needed_by):
                           f"path/to/model_final.pth.")
     if is_recipe(cfg.MODEL.CLIP.PRETRAINED):
         # Every weight comes from MODEL.WEIGHTS: a pretraining config need not be trained first.
-        cfg = cfg.clone()
-        cfg.defrost()
-        cfg.MODEL.CLIP.PRETRAINED = ""
+        cfg = without_pretrained_weights(cfg)
     model = CPCLTrainer.build_model(cfg)
     load_model_weights(model, cfg.MODEL.WEIGHTS)
     return model.eval()

@@ -24,7 +24,7 @@ import torch
 from ..config import ConfigError
 
 __all__ = ["RECIPE_SUFFIXES", "is_recipe", "open_clip_state_dict", "pretrained_weights_path",
-           "ensure_pretrained_weights", "export_open_clip_weights"]
+           "ensure_pretrained_weights", "export_open_clip_weights", "without_pretrained_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,15 +95,21 @@ def open_clip_state_dict(model):
     return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 
+def without_pretrained_weights(cfg):
+    """A copy of cfg whose CLIP starts from random weights: for models whose every weight is then
+    loaded from a checkpoint (no pretraining config need be trained, no download made)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.CLIP.PRETRAINED = ""
+    return cfg
+
+
 def export_open_clip_weights(cfg, checkpoint, path):
     """Write the open_clip weights of a CPCL `checkpoint` (model_*.pth, trained with `cfg`) to
     `path`."""
     from ..engine.trainer import load_model_weights
     from .meta_arch import CPCL
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.CLIP.PRETRAINED = ""  # every weight comes from the checkpoint
-    model = CPCL(cfg)
+    model = CPCL(without_pretrained_weights(cfg))  # every weight comes from the checkpoint
     load_model_weights(model, checkpoint)
     torch.save(open_clip_state_dict(model), path)
     return path

@@ -14,7 +14,7 @@ import numpy as np
 
 from .config import ConfigError
 from .data.datasets import DatasetError
-from .engine.trainer import parameter_digest, write_atomically
+from .engine.checkpoint import parameter_digest, write_atomically
 from .evaluation.features import encode_captions_and_images
 
 __all__ = ["GalleryIndex", "encode_queries", "list_images", "IMAGE_EXTENSIONS"]

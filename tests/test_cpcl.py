@@ -202,7 +202,7 @@ class _Listed(list):
 def test_training_ignores_identity_labels(tiny_cfg, monkeypatch):
     """Shuffling every identity label of the dataset changes nothing that training computes."""
     from cpcl_plugin.data import datasets
-    from cpcl_plugin.engine.trainer import parameter_digest
+    from cpcl_plugin.engine.checkpoint import parameter_digest
     from fastreid.utils.env import seed_all_rng
     from fastreid.utils.events import EventStorage
 

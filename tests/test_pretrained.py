@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cpcl_plugin import CPCLTrainer, ConfigError
-from cpcl_plugin.engine.trainer import load_trained_model
+from cpcl_plugin.engine.checkpoint import load_trained_model
 from cpcl_plugin.modeling import pretrained as pretrained_module
 from cpcl_plugin.modeling.pretrained import ensure_pretrained_weights, pretrained_weights_path
 

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cpcl_plugin import ConfigError, DatasetError, load_config  # noqa: E402
 from cpcl_plugin.data import build_dataset, parse_test_name  # noqa: E402
-from cpcl_plugin.engine.trainer import load_trained_model  # noqa: E402
+from cpcl_plugin.engine.checkpoint import load_trained_model  # noqa: E402
 from cpcl_plugin.retrieval import GalleryIndex, encode_queries, list_images  # noqa: E402
 from cpcl_plugin.visualization import draw_ranked_list  # noqa: E402
 

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cpcl_plugin import CPCLTrainer, ConfigError, DatasetError, load_config  # noqa: E402
 from cpcl_plugin.config import check_batch_split, check_config, check_schedule  # noqa: E402
 from cpcl_plugin.data import build_dataset, parse_test_name  # noqa: E402
-from cpcl_plugin.engine.trainer import load_model_weights, load_trained_model  # noqa: E402
+from cpcl_plugin.engine.checkpoint import load_model_weights, load_trained_model  # noqa: E402
 from cpcl_plugin.modeling.pretrained import ensure_pretrained_weights  # noqa: E402
 from fastreid.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from fastreid.utils import comm  # noqa: E402

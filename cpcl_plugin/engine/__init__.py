@@ -1,2 +1,4 @@
 from .pseudo_labels import PseudoLabelHook
-from .trainer import AtomicCheckpointer, CPCLTrainer, parameter_digest
+from .checkpoint import (AtomicCheckpointer, load_model_weights, load_trained_model,
+                         parameter_digest, write_atomically)
+from .trainer import CPCLTrainer

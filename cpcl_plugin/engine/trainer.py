@@ -13,9 +13,9 @@ What differs, and why:
 - `build_evaluator`: the text-to-image evaluator; `build_hooks`: FastReID's hooks with a
   configurable log period and the optional evaluation before training.
 - `resume_or_load`: resuming a finished run says so instead of failing in a hook.
+Checkpoint I/O (atomic files, all-or-nothing weight loading) is in `checkpoint`.
 Everything else (resume, hooks, LR schedule, evaluation loop, writers) is FastReID's.
 """
-import hashlib
 import logging
 import os
 import time
@@ -25,7 +25,6 @@ from fastreid.engine import DefaultTrainer, hooks
 from fastreid.engine.train_loop import SimpleTrainer, TrainerBase
 from fastreid.solver import build_optimizer
 from fastreid.utils import comm
-from fastreid.utils.checkpoint import Checkpointer
 from fastreid.utils.events import CommonMetricPrinter
 from torch.nn.parallel import DistributedDataParallel
 
@@ -34,114 +33,12 @@ from ..config import ConfigError, check_schedule
 from ..data.datasets import DatasetError
 from ..data.build import build_text_image_test_loader, build_text_image_train_loader
 from ..evaluation.t2i_evaluation import TextImageEvaluator
-from ..modeling.pretrained import is_recipe, without_pretrained_weights
+from .checkpoint import AtomicCheckpointer, parameter_digest
 from .pseudo_labels import PseudoLabelHook, unwrap
 
-__all__ = ["CPCLTrainer", "AtomicCheckpointer", "parameter_digest", "load_model_weights",
-           "load_trained_model", "write_atomically"]
+__all__ = ["CPCLTrainer", "EvalBeforeTrain"]
 
 logger = logging.getLogger(__name__)
-
-
-def write_atomically(path, write, suffix=".tmp"):
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it to `path`, so the file
-    appears complete or not at all. numpy appends its extension to names without it: pass
-    suffix=".tmp.npz" / ".tmp.npy" for np.savez / np.save."""
-    tmp = path + suffix
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _torch_save_synced(data, path):
-    with open(path, "wb") as f:
-        torch.save(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-class AtomicCheckpointer(Checkpointer):
-    """FastReID's Checkpointer whose files appear complete or not at all: each checkpoint is
-    written to a temporary file and renamed into place, so a crash mid-save never leaves a
-    truncated ``model_*.pth`` or a ``last_checkpoint`` pointing at one."""
-
-    def save(self, name, **kwargs):
-        if not self.save_dir or not self.save_to_disk:
-            return
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
-        basename = f"{name}.pth"
-        path = os.path.join(self.save_dir, basename)
-        self.logger.info(f"Saving checkpoint to {path}")
-        write_atomically(path, lambda tmp: _torch_save_synced(data, tmp))
-        self.tag_last_checkpoint(basename)
-
-    def tag_last_checkpoint(self, last_filename_basename):
-        def write(tmp):
-            with open(tmp, "w") as f:
-                f.write(last_filename_basename)
-        write_atomically(os.path.join(self.save_dir, "last_checkpoint"), write)
-
-
-def load_model_weights(model, path):
-    """Load the weights of checkpoint `path` (MODEL.WEIGHTS) into `model`, all of them: a file
-    that is not a checkpoint, or whose tensors do not fit the model the config builds, is one
-    ConfigError naming the first difference (FastReID's loader only warns and skips them)."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"MODEL.WEIGHTS {path} does not exist.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # pickle, zip and torch errors alike: not a readable checkpoint
-        raise ConfigError(f"MODEL.WEIGHTS {path} is not a readable checkpoint ({err}).") from None
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ConfigError(f"MODEL.WEIGHTS {path} holds no model state dict; pass a model_*.pth "
-                          f"written by training.")
-    # Checkpoints of a DistributedDataParallel model saved without unwrapping it.
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    own = unwrap(model).state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        if mismatched:
-            k = mismatched[0]
-            first = (f"{k} is {tuple(state[k].shape)} in the checkpoint but "
-                     f"{tuple(own[k].shape)} in the model")
-        elif missing:
-            first = f"the checkpoint lacks {missing[0]}"
-        else:
-            first = f"the checkpoint has {unexpected[0]}, which the model does not"
-        raise ConfigError(
-            f"MODEL.WEIGHTS {path} does not match the model this config builds ({first}; "
-            f"{len(mismatched)} shapes differ, {len(missing)} missing, {len(unexpected)} extra): "
-            f"use the config the checkpoint was trained with.")
-    unwrap(model).load_state_dict(state)
-    return checkpoint
-
-
-def load_trained_model(cfg, needed_by):
-    """The config's model with the weights of MODEL.WEIGHTS, in eval mode, for the tools that
-    use a trained model (`needed_by` names the tool in the message when MODEL.WEIGHTS is empty)."""
-    if not cfg.MODEL.WEIGHTS:
-        raise ConfigError(f"{needed_by} needs a trained model: add MODEL.WEIGHTS "
-                          f"path/to/model_final.pth.")
-    if is_recipe(cfg.MODEL.CLIP.PRETRAINED):
-        # Every weight comes from MODEL.WEIGHTS: a pretraining config need not be trained first.
-        cfg = without_pretrained_weights(cfg)
-    model = CPCLTrainer.build_model(cfg)
-    load_model_weights(model, cfg.MODEL.WEIGHTS)
-    return model.eval()
-
-
-def parameter_digest(model):
-    """A short hash of every parameter and buffer, to compare models across ranks or runs."""
-    h = hashlib.sha1()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class CPCLTrainer(DefaultTrainer):

@@ -107,7 +107,7 @@ def without_pretrained_weights(cfg):
 def export_open_clip_weights(cfg, checkpoint, path):
     """Write the open_clip weights of a CPCL `checkpoint` (model_*.pth, trained with `cfg`) to
     `path`."""
-    from ..engine.trainer import load_model_weights
+    from ..engine.checkpoint import load_model_weights
     from .meta_arch import CPCL
     model = CPCL(without_pretrained_weights(cfg))  # every weight comes from the checkpoint
     load_model_weights(model, checkpoint)

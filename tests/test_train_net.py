@@ -7,7 +7,9 @@ import pytest
 
 from conftest import TINY, run_train_net
 
-NO_AUGMENT = ["INPUT.FLIP.ENABLED", "False", "INPUT.PADDING.ENABLED", "False"]
+# The shipped flip and padding, plus random erasing (drawn from Python's `random`), and a loader
+# worker (seeded from torch's generator): every source of randomness a resumed run must repeat.
+AUGMENT = ["INPUT.REA.ENABLED", "True", "DATALOADER.NUM_WORKERS", "1"]
 
 
 def _digests(log_text):
@@ -98,10 +100,10 @@ def test_two_gloo_ranks_end_with_identical_parameters(data_root, tmp_path):
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, data_root):
-    """Three epochs without augmentation (so that the run is deterministic), a checkpoint a epoch."""
+    """Three epochs with augmentation, a checkpoint an epoch."""
     out = tmp_path_factory.mktemp("full")
     proc = run_train_net("--config-file", TINY, "DATASETS.ROOT", data_root, "OUTPUT_DIR", str(out),
-                         "SOLVER.MAX_EPOCH", "3", *NO_AUGMENT)
+                         "SOLVER.MAX_EPOCH", "3", *AUGMENT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc.stdout + proc.stderr
 
@@ -115,7 +117,7 @@ def test_resume_continues_from_the_last_checkpoint(full_run, data_root, tmp_path
         os.link(out / name, resumed / name)
     (resumed / "last_checkpoint").write_text("model_0001.pth")
     proc = run_train_net("--config-file", TINY, "--resume", "DATASETS.ROOT", data_root,
-                         "OUTPUT_DIR", str(resumed), "SOLVER.MAX_EPOCH", "3", *NO_AUGMENT)
+                         "OUTPUT_DIR", str(resumed), "SOLVER.MAX_EPOCH", "3", *AUGMENT)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-3000:]
     assert "Starting training from epoch 2" in text
@@ -127,7 +129,7 @@ def test_resume_continues_from_the_last_checkpoint(full_run, data_root, tmp_path
 def test_resuming_a_finished_run_says_so(full_run, data_root):
     out, _ = full_run
     proc = run_train_net("--config-file", TINY, "--resume", "DATASETS.ROOT", data_root,
-                         "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "3", *NO_AUGMENT)
+                         "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "3", *AUGMENT)
     _assert_one_sentence(proc, "already finished epoch 3 of SOLVER.MAX_EPOCH 3")
 
 

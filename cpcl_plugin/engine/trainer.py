@@ -34,7 +34,9 @@ from ..data.datasets import DatasetError
 from ..data.build import build_text_image_test_loader, build_text_image_train_loader
 from ..evaluation.t2i_evaluation import TextImageEvaluator
 from .checkpoint import AtomicCheckpointer, parameter_digest
+from .schedule import WarmupCosineLR
 from .pseudo_labels import PseudoLabelHook, unwrap
+from .random_state import RandomStates
 
 __all__ = ["CPCLTrainer", "EvalBeforeTrain"]
 
@@ -78,10 +80,13 @@ class CPCLTrainer(DefaultTrainer):
         self.scheduler = self.build_lr_scheduler(cfg, optimizer, self.iters_per_epoch)
         # The pseudo labels and the prototype memory are saved with every checkpoint.
         self.pseudo_label_hook = PseudoLabelHook(cfg)
+        # And every generator state, so that a resumed run repeats the uninterrupted one.
+        self.random_states = RandomStates()
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR,
                                                save_to_disk=comm.is_main_process(),
                                                optimizer=optimizer,
                                                pseudo_labels=self.pseudo_label_hook,
+                                               random_states=self.random_states,
                                                **({"grad_scaler": self._grad_scaler}
                                                   if self._grad_scaler else {}),
                                                **self.scheduler)
@@ -132,6 +137,15 @@ class CPCLTrainer(DefaultTrainer):
             optimizer.defaults.update(fused=True, foreach=False)
         return optimizer, params
 
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer, iters_per_epoch):
+        """The cosine schedule stepped per iteration, down to ETA_MIN_LR at the end of the last
+        epoch (FastReID's steps per epoch and trains its last epoch at rate 0); other schedules
+        are FastReID's."""
+        if cfg.SOLVER.SCHED == "CosineAnnealingLR":
+            return {"lr_sched": WarmupCosineLR(optimizer, cfg, iters_per_epoch)}
+        return super().build_lr_scheduler(cfg, optimizer, iters_per_epoch)
+
     def build_hooks(self):
         """FastReID's default hooks minus PreciseBN and LayerFreeze (rejected by check_config),
         with SOLVER.LOG_PERIOD for the writers and the optional evaluation before training."""
@@ -142,10 +156,13 @@ class CPCLTrainer(DefaultTrainer):
             return self._last_eval_results
 
         ret = [self.pseudo_label_hook, hooks.IterationTimer(),
-               hooks.LRScheduler(self.optimizer, self.scheduler)]
+               (StepwiseLRScheduler if isinstance(self.scheduler["lr_sched"], WarmupCosineLR)
+                else hooks.LRScheduler)(self.optimizer, self.scheduler)]
         if cfg.TEST.EVAL_BEFORE_TRAIN:
             ret.append(EvalBeforeTrain())
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+        # After the evaluation (its loader draws a seed), right before the checkpoint is written.
+        ret.append(CaptureRandomStates())
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
             ret.append(hooks.PeriodicWriter(self.build_writers(), cfg.SOLVER.LOG_PERIOD))
@@ -255,3 +272,24 @@ class EvalBeforeTrain(hooks.HookBase):
         logger.info("Evaluating the model before training")
         self.trainer.initial_eval_results = self.trainer.test(self.trainer.cfg, self.trainer.model)
         comm.synchronize()
+
+
+class StepwiseLRScheduler(hooks.LRScheduler):
+    """FastReID's LRScheduler hook for a schedule that steps after every iteration (WarmupCosineLR,
+    which includes the warm-up) rather than after every epoch."""
+
+    def after_step(self):
+        lr = self._optimizer.param_groups[self._best_param_group_id]["lr"]
+        self.trainer.storage.put_scalar("lr", lr, smoothing_hint=False)
+        self._scheduler["lr_sched"].step()
+
+    def after_epoch(self):
+        pass
+
+
+class CaptureRandomStates(hooks.HookBase):
+    """Records every rank's generator states at the end of each epoch, for the checkpoint that
+    follows (all ranks take part: the states are gathered to rank 0)."""
+
+    def after_epoch(self):
+        self.trainer.random_states.capture()

@@ -261,6 +261,62 @@ def test_a_corrupt_image_stops_training_with_its_path(tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+# Every format as build_dataset reads it: folder, annotation file, image key, image folder,
+# splits and the config options it needs.
+ALL_SPLITS = ("train", "val", "test")
+FORMATS = {
+    "CUHKPEDES": ("CUHK-PEDES", "reid_raw.json", "file_path", "imgs", ALL_SPLITS, []),
+    "ICFGPEDES": ("ICFG-PEDES", "ICFG-PEDES.json", "file_path", "imgs", ("train", "test"), []),
+    "RSTPReid": ("RSTPReid", "data_captions.json", "img_path", "imgs", ALL_SPLITS, []),
+    "TextImageJSON": ("mine", "labels.json", "img", "pictures", ALL_SPLITS,
+                      ["DATASETS.TEXT_IMAGE_JSON.ANNOTATION_FILE", "mine/labels.json",
+                       "DATASETS.TEXT_IMAGE_JSON.IMAGE_DIR", "pictures",
+                       "DATASETS.TEXT_IMAGE_JSON.IMAGE_KEY", "img"]),
+}
+
+
+def _with_repeats(tmp_path, name, repeats):
+    """Writes `name`'s official entries, then one entry per (split, image path) of `repeats`;
+    returns (the first repeat's entry number, annotation file, image folder, config)."""
+    folder, annotation, key, image_dir, splits, opts = FORMATS[name]
+    entries = official_entries(key, splits)
+    extra = [{"id": 9, "split": split, key: image, "captions": ["again"]}
+             for split, image in repeats]
+    write_dataset(str(tmp_path / folder), annotation, entries + extra, image_key=key,
+                  image_dir=image_dir)
+    cfg = load_config(TINY, ["DATASETS.ROOT", str(tmp_path), *opts])
+    return (len(entries), str(tmp_path / folder / annotation), str(tmp_path / folder / image_dir),
+            cfg)
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_an_image_in_two_splits_is_refused_naming_it(tmp_path, name):
+    # The first repeat spells the image another way: the same file all the same.
+    n, annotation, images, cfg = _with_repeats(tmp_path, name, [("test", "CUHK01/./0001001.png"),
+                                                                ("test", "Market/0002_c1.jpg")])
+    with pytest.raises(DatasetError) as err:
+        build_dataset(cfg, name)
+    assert str(err.value) == (
+        f"{annotation}: 2 image(s) appear in more than one split, e.g. "
+        f"{os.path.join(images, 'CUHK01', '0001001.png')} (train: entry 0, test: entry {n}), "
+        f"{os.path.join(images, 'Market', '0002_c1.jpg')} (train: entry 2, test: entry {n + 1}); "
+        f"give each image one split, since a training image in a test or val gallery makes "
+        f"evaluation wrong.")
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_an_image_twice_within_a_split_is_counted_in_a_warning(tmp_path, name, caplog):
+    n, annotation, images, cfg = _with_repeats(tmp_path, name, [("train", "Market//0002_c1.jpg"),
+                                                                ("test", "./test_query/p5_1.jpg")])
+    with caplog.at_level(logging.WARNING, logger="cpcl_plugin"):
+        data = build_dataset(cfg, name)
+    assert (f"{annotation}: 2 image(s) appear more than once within a split, e.g. "
+            f"{os.path.join(images, 'Market', '0002_c1.jpg')} (train: entries 2 and {n}), "
+            f"{os.path.join(images, 'test_query', 'p5_1.jpg')} (test: entries 3 and {n + 1}); "
+            f"every entry is kept") in caplog.text
+    assert len(data.split("train")) == 4 and len(data.split("test")) == 4
+
+
 def test_tests_entries_name_a_split(tiny_cfg):
     assert parse_test_name("CUHKPEDES") == ("CUHKPEDES", "test")
     assert parse_test_name("CUHKPEDES:val") == ("CUHKPEDES", "val")
@@ -326,19 +382,59 @@ def _check_dataset(*args):
     return run_tool("check_dataset.py", *args, timeout=300)
 
 
-def test_check_dataset_tool(tmp_path):
+def _check_dataset_here(capsys, *args):
+    """(exit status, stdout, stderr) of tools/check_dataset.py run in this process (a fresh
+    process costs ~10 s of imports)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("check_dataset",
+                                                  os.path.join(REPO, "tools", "check_dataset.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    capsys.readouterr()
+    status = tool.main(list(args))
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def test_check_dataset_tool(tmp_path, capsys):
     write_dataset(str(tmp_path / "RSTPReid"), "data_captions.json", official_entries("img_path"),
                   image_key="img_path")
+    # A 16-bit gray PNG: read at its 8-bit value, as training reads it (tests/test_image_modes.py).
+    Image.fromarray(np.full((32, 16), 32768, np.uint16)).save(
+        str(tmp_path / "RSTPReid" / "imgs" / "test_query" / "p5_1.jpg"), "PNG")
     proc = _check_dataset("RSTPReid", "--root", str(tmp_path), "--decode")
     assert proc.returncode == 0, proc.stderr
     assert "its 7 images exist" in proc.stdout and "Decoded 7 images" in proc.stdout
     assert "| train   | 2       | 3          | 7" in proc.stdout
 
     _corrupt(str(tmp_path / "RSTPReid" / "imgs" / "val" / "p3.jpg"))
-    assert _check_dataset("RSTPReid", "--root", str(tmp_path)).returncode == 0  # exists
-    proc = _check_dataset("RSTPReid", "--root", str(tmp_path), "--decode")
-    assert proc.returncode == 2 and "1 cannot be read" in proc.stdout
-    assert proc.stderr.startswith("error: 1 images of RSTPReid cannot be decoded, e.g. ")
+    assert _check_dataset_here(capsys, "RSTPReid", "--root", str(tmp_path))[0] == 0  # exists
+    status, out, err = _check_dataset_here(capsys, "RSTPReid", "--root", str(tmp_path), "--decode")
+    assert status == 2 and "1 cannot be read" in out
+    assert err.startswith("error: 1 images of RSTPReid cannot be read, e.g. ")
 
-    proc = _check_dataset("CUHKPEDES", "--root", str(tmp_path))
-    assert proc.returncode == 2 and "CUHK-PEDES does not exist" in proc.stderr
+    # Float pixels outside 0..1 have no 8-bit meaning: --decode refuses them as training would.
+    floats = str(tmp_path / "RSTPReid" / "imgs" / "test_query" / "p6_1.jpg")
+    Image.fromarray(np.full((32, 16), 200, np.float32)).save(floats, "TIFF")
+    status, out, err = _check_dataset_here(capsys, "RSTPReid", "--root", str(tmp_path), "--decode")
+    assert status == 2 and "2 cannot be read" in out
+    assert f"Cannot read image {floats} (PIL mode F: values from 200 to 200" in out
+
+    status, _, err = _check_dataset_here(capsys, "CUHKPEDES", "--root", str(tmp_path))
+    assert status == 2 and "CUHK-PEDES does not exist" in err
+
+
+def test_check_dataset_help_gives_each_option_a_sentence_and_its_default(capsys):
+    with pytest.raises(SystemExit):
+        _check_dataset_here(capsys, "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    body = text[text.index("positional arguments:"):]
+    defaults = {"dataset": "(no default).", "opts": "(default: none).",
+                "--root ROOT": "(default: DATASETS.ROOT, else $FASTREID_DATASETS, else datasets).",
+                "--config-file CONFIG_FILE": "(default: none, the project's defaults).",
+                "--decode": "(default: False, only check that images exist).",
+                "--workers WORKERS": f"(default: {os.cpu_count() or 1}, the number of CPU cores)."}
+    starts = sorted((body.index(f" {option} "), option) for option in defaults)
+    ends = [start for start, _ in starts[1:]] + [len(body)]
+    for (start, option), end in zip(starts, ends):
+        assert defaults[option] in body[start:end], option

@@ -7,8 +7,10 @@
         DATASETS.TEXT_IMAGE_JSON.ANNOTATION_FILE mine.json DATASETS.TEXT_IMAGE_JSON.IMAGE_KEY img
 
 It runs the checks training runs first (annotation file, JSON, keys, splits, captions, that every
-image exists); `--decode` also decodes every image, which finds corrupt files but takes minutes
-on a full dataset. Exit status 0 when the dataset is fine, 2 with one sentence when it is not.
+image exists and belongs to one split); `--decode` also reads every image as training does (8-bit
+RGB, `load_image`), which finds corrupt files and images that cannot be converted but takes
+minutes on a full dataset. Exit status 0 when the dataset is fine, 2 with one sentence when it is
+not.
 """
 import argparse
 import os
@@ -23,7 +25,7 @@ from cpcl_plugin.data import build_dataset, load_image  # noqa: E402
 
 
 def undecodable_images(paths, workers):
-    """(path, message) of each image in `paths` that cannot be decoded."""
+    """(path, message) of each image in `paths` that training could not read (`load_image`)."""
     def check(path):
         try:
             load_image(path)
@@ -36,15 +38,24 @@ def undecodable_images(paths, workers):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset", help="registered dataset name, e.g. CUHKPEDES, ICFGPEDES, "
-                                        "RSTPReid, TextImageJSON")
-    parser.add_argument("--root", default="", help="dataset root (default: DATASETS.ROOT, else "
-                                                   "$FASTREID_DATASETS, else datasets)")
-    parser.add_argument("--config-file", default="", help="a config to take DATASETS keys from")
-    parser.add_argument("--decode", action="store_true", help="also decode every image")
+    parser.add_argument("dataset", help="Registered dataset name, e.g. CUHKPEDES, ICFGPEDES, "
+                                        "RSTPReid, TextImageJSON or SyntheticPedes (no default).")
+    parser.add_argument("--root", default="",
+                        help="Folder that holds the dataset's folder (default: DATASETS.ROOT, else "
+                             "$FASTREID_DATASETS, else datasets).")
+    parser.add_argument("--config-file", default="",
+                        help="YAML config whose DATASETS keys describe the dataset (default: none, "
+                             "the project's defaults).")
+    parser.add_argument("--decode", action="store_true",
+                        help="Also decode every image to 8-bit RGB as training does, which finds "
+                             "corrupt files and images that cannot be converted; minutes on a "
+                             "full dataset (default: %(default)s, only check that images exist).")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="threads for --decode")
-    parser.add_argument("opts", nargs="*", help="config overrides, KEY VALUE pairs")
+                        help="Threads that decode images with --decode (default: %(default)s, the "
+                             "number of CPU cores).")
+    parser.add_argument("opts", nargs="*",
+                        help="Config overrides as KEY VALUE pairs, e.g. "
+                             "DATASETS.TEXT_IMAGE_JSON.IMAGE_KEY img (default: none).")
     args = parser.parse_intermixed_args(argv)
     opts = list(args.opts) + (["DATASETS.ROOT", args.root] if args.root else [])
     try:
@@ -66,7 +77,7 @@ def main(argv=None):
             for _, message in bad[:20]:
                 print(f"  {message}")
             if bad:
-                raise DatasetError(f"{len(bad)} images of {args.dataset} cannot be decoded, e.g. "
+                raise DatasetError(f"{len(bad)} images of {args.dataset} cannot be read, e.g. "
                                    f"{bad[0][0]}; replace them or set DATASETS.SKIP_BAD_IMAGES "
                                    f"True.")
     except (ConfigError, DatasetError) as err:

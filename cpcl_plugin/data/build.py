@@ -1,4 +1,5 @@
-"""Torch datasets, samplers and loaders for text-image training and text-to-image evaluation.
+"""Torch datasets and loaders for text-image training and text-to-image evaluation (their samplers
+live in data/samplers/, as FastReID keeps its own).
 
 Training items are image-caption pairs, one per caption, and carry what weak supervision may use:
 the dataset index, the image index (which image the caption belongs to), the image and the
@@ -19,16 +20,15 @@ from fastreid.data.build import fast_batch_collator
 from fastreid.data.data_utils import DataLoaderX
 from fastreid.data.transforms import build_transforms
 from fastreid.utils import comm
-from torch.utils.data import DataLoader, Dataset, Sampler
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
 from ..config import check_batch_split
-from PIL import Image
-
 from .datasets import DatasetError, build_dataset, load_image, parse_test_name
+from .samplers import KindAwareBatchSampler, PseudoIdentitySampler
 from .tokenizer import build_tokenizer
 
-__all__ = ["TextImagePairs", "CaptionsThenImages", "EpochPairSampler",
-           "PseudoIdentitySampler", "KindAwareBatchSampler", "build_feature_loader",
+__all__ = ["TextImagePairs", "CaptionsThenImages", "build_feature_loader",
            "build_text_image_train_loader", "build_text_image_test_loader", "flatten_pairs",
            "captions_then_images_loader"]
 
@@ -135,107 +135,6 @@ class CaptionsThenImages(Dataset):
         if targets is not None:
             item["targets"] = targets[k]
         return item
-
-
-class EpochPairSampler(Sampler):
-    """One shuffled pass over the pairs per epoch, the same permutation on every rank, each rank
-    taking its own contiguous share. Seeded by (seed, epoch), so a resumed run sees the same order
-    as an uninterrupted one."""
-
-    def __init__(self, size, batch_size_per_rank, seed=0):
-        self.size = size
-        self.rank, self.world = comm.get_rank(), comm.get_world_size()
-        self.per_rank = (size // (batch_size_per_rank * self.world)) * batch_size_per_rank
-        if self.per_rank == 0:
-            raise ValueError(f"The training set has {size} pairs, fewer than one batch of "
-                             f"{batch_size_per_rank * self.world}; lower SOLVER.IMS_PER_BATCH.")
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def __iter__(self):
-        perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
-        start = self.rank * self.per_rank
-        yield from perm[start:start + self.per_rank].tolist()
-
-    def __len__(self):
-        return self.per_rank
-
-
-class PseudoIdentitySampler(EpochPairSampler):
-    """P x K batches over image pseudo labels: each batch takes P groups of K pairs. A group is one
-    cluster (K distinct pairs of it, repeating only when the cluster is smaller than K) or, with
-    `outliers="singleton"`, K distinct outlier pairs, each its own identity; with "drop", outliers
-    are left out. No group appears twice in a batch. With fewer clusters than P it falls back to
-    the shuffled pass of EpochPairSampler and says so. Same batches on every rank, each rank taking
-    its share of each batch; an epoch has as many batches as the shuffled pass."""
-
-    def __init__(self, size, batch_size_per_rank, num_instances, outliers="singleton", seed=0):
-        super().__init__(size, batch_size_per_rank, seed)
-        self.batch_size_per_rank, self.k = batch_size_per_rank, num_instances
-        self.outliers = outliers
-        self.labels = None
-
-    def set_labels(self, image_labels):
-        """Per-pair image pseudo labels; None returns to shuffled batches."""
-        self.labels = None if image_labels is None else np.asarray(image_labels)
-
-    def _clusters(self):
-        labels = self.labels
-        order = np.argsort(labels, kind="stable")
-        sorted_labels = labels[order]
-        starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
-        return [g for g in np.split(order, starts[1:]) if len(g) and labels[g[0]] >= 0]
-
-    def __iter__(self):
-        if self.labels is None:
-            yield from super().__iter__()
-            return
-        clusters = self._clusters()
-        p = self.batch_size_per_rank * self.world // self.k
-        if len(clusters) < p:
-            logger.warning(f"Only {len(clusters)} pseudo identities for P = {p} per batch: this "
-                           f"epoch uses shuffled batches instead of P x K.")
-            yield from super().__iter__()
-            return
-        rng = np.random.default_rng([self.seed, self.epoch])
-        groups = list(clusters)
-        if self.outliers == "singleton":
-            outliers = rng.permutation(np.flatnonzero(self.labels < 0))
-            groups += [outliers[i:i + self.k] for i in range(0, len(outliers) - self.k + 1, self.k)]
-        lo = self.rank * self.batch_size_per_rank
-        queue = []
-        for _ in range(self.per_rank // self.batch_size_per_rank):
-            if len(queue) < p:  # a fresh pass over the groups; no group twice in one batch
-                queue = rng.permutation(len(groups)).tolist()
-            chosen, queue = queue[:p], queue[p:]
-            items = []
-            for g in chosen:
-                members = groups[g]
-                items.extend(rng.choice(members, self.k, replace=len(members) < self.k).tolist())
-            yield from items[lo:lo + self.batch_size_per_rank]
-
-
-class KindAwareBatchSampler(Sampler):
-    """Batches over this rank's contiguous share of an eval set that never mix captions and images."""
-
-    def __init__(self, size, num_query, batch_size):
-        rank, world = comm.get_rank(), comm.get_world_size()
-        per_rank = (size + world - 1) // world
-        start, stop = min(size, rank * per_rank), min(size, (rank + 1) * per_rank)
-        # This rank's captions, then its images.
-        self.ranges = ((start, min(stop, num_query)), (max(start, num_query), stop))
-        self.batch_size = batch_size
-
-    def __iter__(self):
-        for lo, hi in self.ranges:
-            for b in range(lo, hi, self.batch_size):
-                yield list(range(b, min(b + self.batch_size, hi)))
-
-    def __len__(self):
-        return sum(max(0, -(-(hi - lo) // self.batch_size)) for lo, hi in self.ranges)
 
 
 def _loader(cfg, dataset, batch_sampler):

@@ -15,8 +15,9 @@ Without code, `TextImageJSON` reads such a file from the DATASETS.TEXT_IMAGE_JSO
 
 Everything is validated when the dataset is built, before any training: each failure is one
 `DatasetError` sentence naming the file and the entry. Every image is checked for existence (a
-CUHK-PEDES-sized file loads and validates in 0.25 s, benchmarks/dataset_validation.py); whether
-an image decodes is found when it is read (`load_image`), or by tools/check_dataset.py --decode.
+CUHK-PEDES-sized file loads and validates in 0.25 s, benchmarks/dataset_validation.py), and for
+being named by one split only. Whether an image decodes to 8-bit RGB is found when it is read
+(`load_image`, for training, evaluation and tools/check_dataset.py --decode alike).
 """
 import json
 import logging
@@ -24,6 +25,7 @@ import os
 import re
 from collections import namedtuple
 
+import numpy as np
 from fastreid.data.datasets import DATASET_REGISTRY
 from PIL import Image, ImageOps
 from tabulate import tabulate
@@ -32,7 +34,7 @@ from ..compat import registry_names
 from .synthetic import SyntheticSpec, ensure_synthetic_dataset
 
 __all__ = ["ImageRecord", "TextImageDataset", "DatasetError", "dataset_root", "build_dataset",
-           "parse_test_name", "load_image", "CUHKPEDES", "ICFGPEDES", "RSTPReid",
+           "parse_test_name", "load_image", "to_rgb", "CUHKPEDES", "ICFGPEDES", "RSTPReid",
            "TextImageJSON", "SyntheticPedes"]
 
 logger = logging.getLogger(__name__)
@@ -74,19 +76,71 @@ def parse_test_name(entry):
     return name, split
 
 
+def _unreadable(path, reason, fix="replace the file"):
+    return DatasetError(f"Cannot read image {path} ({reason}); {fix}, or set "
+                        f"DATASETS.SKIP_BAD_IMAGES True to skip such samples and count them.")
+
+
+# How each PIL mode (https://pillow.readthedocs.io/en/stable/handbook/concepts.html#modes) becomes
+# 8-bit RGB. Modes of 8-bit samples take PIL's conversion (CMYK by PIL's formula, without any
+# embedded ICC profile). Wider samples are scaled from their nominal range, because PIL's own
+# conversion clips them to 255 (a 16-bit photo turns white): 16-bit unsigned by 65535 -> 255;
+# "I" (32-bit signed) holds what PIL decodes from 16-bit PGM/PPM and TIFF, so it is read as 16-bit
+# and refused when its values leave 0..65535; "F" (32-bit float) has no range of its own but the
+# usual 0..1, so other values are refused rather than guessed. A mode not listed is refused.
+EIGHT_BIT_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
+                   "LA", "La", "PA", "RGBA", "RGBa")
+WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1}
+_TO_8_BIT = "save it as an 8-bit RGB image"
+
+
+def _wide_to_gray(image, path):
+    """An "L" image (LA with a transparent gray level) from a mode of WIDE_MODES."""
+    values, top = np.asarray(image), WIDE_MODES[image.mode]
+    if not np.isfinite(values).all():
+        raise _unreadable(path, f"PIL mode {image.mode}: NaN or infinite values", _TO_8_BIT)
+    lo, hi = values.min(), values.max()
+    if lo < 0 or hi > top:
+        raise _unreadable(path, f"PIL mode {image.mode}: values from {lo:g} to {hi:g}, outside "
+                                f"the 0..{top} that this project maps to 0..255", _TO_8_BIT)
+    gray = Image.fromarray(np.rint(values * (255 / top)).astype(np.uint8))
+    transparent = image.info.get("transparency")  # a 16-bit PNG's transparent gray level (tRNS)
+    if isinstance(transparent, int):
+        gray.putalpha(Image.fromarray(np.where(values == transparent, 0, 255).astype(np.uint8)))
+    return gray
+
+
+def to_rgb(image, path):
+    """`image` as 8-bit RGB with its values kept (see EIGHT_BIT_MODES), or one DatasetError naming
+    `path` and the mode. Transparent pixels show white: what lies under them is arbitrary (often
+    black), and white is how a viewer shows them, so the model sees what the user sees."""
+    if image.mode in WIDE_MODES:
+        image = _wide_to_gray(image, path)
+    elif image.mode not in EIGHT_BIT_MODES:
+        raise _unreadable(path, f"PIL mode {image.mode!r}, which has no known conversion to "
+                                f"8-bit RGB", _TO_8_BIT)
+    if image.has_transparency_data:
+        # PIL converts premultiplied La only to LA; every other mode converts to RGBA.
+        rgba = (image.convert("LA") if image.mode == "La" else image).convert("RGBA")
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def load_image(path):
-    """The image at `path` as RGB, decoded now (PIL opens lazily), or one DatasetError naming it."""
+    """The image at `path` as 8-bit RGB (`to_rgb`), decoded now (PIL opens lazily), or one
+    DatasetError naming it."""
     try:
         with Image.open(path) as image:
             try:
                 image = ImageOps.exif_transpose(image)
             except Exception:  # broken EXIF data must not reject a readable image
                 pass
-            return image.convert("RGB")
+            return to_rgb(image, path)
+    except DatasetError:
+        raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise DatasetError(f"Cannot read image {path} ({type(err).__name__}: {err}); replace the "
-                           f"file, or set DATASETS.SKIP_BAD_IMAGES True to skip such samples and "
-                           f"count them.") from None
+        raise _unreadable(path, f"{type(err).__name__}: {err}") from None
 
 
 def _missing_files(paths):
@@ -225,6 +279,7 @@ class TextImageDataset:
                            f"does not exist (DATASETS.SKIP_BAD_IMAGES), e.g. {image_paths[missing[0]]}.")
         self.skipped_missing = len(missing)
         skip = set(missing)
+        self._check_repeated_images(path, [c[0] for c in checked], image_paths, skip)
         # Integer ids are kept as they are (CUHK-PEDES starts at 1); other ids (strings) are
         # numbered after the largest integer id, in order of appearance.
         int_ids = [int(c[1]) for c in checked if _is_integer(c[1])]
@@ -239,6 +294,34 @@ class TextImageDataset:
                 pid = other_ids.setdefault(pid, next_id + len(other_ids))
             records[split].append(ImageRecord(image_path, pid, captions))
         return records
+
+    @staticmethod
+    def _check_repeated_images(path, splits, image_paths, skip):
+        """Refuses an image that entries of two splits name (a training image in a test gallery
+        makes evaluation wrong) and warns about one named more than once within a split.
+        `image_paths` are normalised, so "a/./b.jpg" and "a/b.jpg" are one image."""
+        # image -> (split, entry) naming it first; -> (that, the first (split, entry) repeating it)
+        first, across, within = {}, {}, {}
+        for i, (split, image) in enumerate(zip(splits, image_paths)):
+            if i in skip:
+                continue
+            seen = first.setdefault(image, (split, i))
+            if seen[1] != i:
+                (across if seen[0] != split else within).setdefault(image, (seen, (split, i)))
+
+        def examples(repeats):
+            shown = [f"{image} ({a}: entries {i} and {j})" if a == b else
+                     f"{image} ({a}: entry {i}, {b}: entry {j})"
+                     for image, ((a, i), (b, j)) in list(repeats.items())[:3]]
+            return ", ".join(shown) + (", ..." if len(repeats) > 3 else "")
+        if across:
+            raise DatasetError(f"{path}: {len(across)} image(s) appear in more than one split, "
+                               f"e.g. {examples(across)}; give each image one split, since a "
+                               f"training image in a test or val gallery makes evaluation wrong.")
+        if within:
+            logger.warning(f"{path}: {len(within)} image(s) appear more than once within a split, "
+                           f"e.g. {examples(within)}; every entry is kept, so such an image counts "
+                           f"once per entry in training and in a gallery.")
 
     # -- access -------------------------------------------------------------------------------
     def split(self, name):

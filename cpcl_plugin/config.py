@@ -5,14 +5,19 @@ Typical use (what ``tools/train_net.py`` does)::
     from cpcl_plugin import load_config
     cfg = load_config("configs/CPCL/cuhk.yml", ["SOLVER.MAX_EPOCH", "10"])
 """
-import math
+import ast
+import functools
+import inspect
 import os
+import re
+import textwrap
 
+import yaml
 from fastreid.config import CfgNode as CN
 from fastreid.config import get_cfg
 
-__all__ = ["add_cpcl_config", "load_config", "check_config", "check_schedule", "check_batch_split",
-           "ConfigError"]
+__all__ = ["add_cpcl_config", "load_config", "check_config", "config_problems", "check_schedule",
+           "check_batch_split", "backbone_depths", "error_summary", "ConfigError", "RANGES"]
 
 
 class ConfigError(ValueError):
@@ -21,12 +26,25 @@ class ConfigError(ValueError):
     one_sentence = True  # printed as its message alone (see compat: one_sentence_errors)
 
 
+def error_summary(err, limit=160):
+    """"TypeName: first line of the message" of an exception from a library, to quote inside a
+    ConfigError's sentence."""
+    lines = str(err).splitlines()
+    return f"{type(err).__name__}: {lines[0][:limit]}" if lines else type(err).__name__
+
+
 def add_cpcl_config(cfg):
     """Declare the plugin's keys on a FastReID config (before ``merge_from_file``)."""
     _C = cfg
 
     # Seed of python, numpy and torch RNGs (plus rank); negative: a fresh random seed per run.
     _C.SEED = 0
+
+    # Training from MODEL.WEIGHTS whose tensors do not all fit the model this config builds:
+    # False stops with the first difference; True loads the tensors that fit, keeps the others at
+    # their initialisation and logs each one it skipped (missing, unexpected, other shape).
+    # Training only: --eval-only and the tools always need every tensor.
+    _C.MODEL.WEIGHTS_PARTIAL = False
 
     # ---- encoders -------------------------------------------------------------------------------
     # open_clip image/text encoders. MODEL.BACKBONE.NAME picks the image encoder: the CLIP image
@@ -170,112 +188,359 @@ def add_cpcl_config(cfg):
     return cfg
 
 
-def _config_error_from_key_error(err, source):
-    key = str(err).strip("'\"").replace("Non-existent config key: ", "")
-    return ConfigError(
-        f"Unknown config key in {source}: {key}. Check its spelling against "
-        f"cpcl_plugin/config.py and FastReID's fastreid/config/defaults.py.")
+# ---- allowed values ---------------------------------------------------------------------------
+# The range of every numeric key the plugin declares, and of the FastReID keys its optimiser,
+# schedule, sampler, loaders and augmentations read. `check_config` reports every key outside its
+# range at once, before anything is built. A range is "> a", ">= a", "< a", "<= a" or an interval
+# "in [a, b)" (a bracket includes its bound, a parenthesis excludes it); a second item, where
+# given, says why.
+RANGES = {
+    # numpy takes seeds below 2**32, and each process adds its rank; negative: a random seed.
+    "SEED": "<= 2147483647",
+    # Start and end tokens plus at least one word.
+    "MODEL.CLIP.CONTEXT_LENGTH": ">= 3",
+    "MODEL.CPCL.ITC_WEIGHT": ">= 0",
+    "MODEL.CPCL.TEMPERATURE": "> 0",
+    "MODEL.CPCL.SDM_WEIGHT": ">= 0",
+    "MODEL.CPCL.INTRA_WEIGHT": ">= 0",
+    "MODEL.CPCL.CROSS_WEIGHT": ">= 0",
+    "MODEL.CPCL.PROTO_TEMPERATURE": "> 0",
+    "MODEL.CPCL.MEMORY_MOMENTUM": ("in [0, 1)", "at 1 the memory would never move"),
+    "PSEUDO.START_EPOCH": ">= 0",
+    "PSEUDO.EPS": ("in (0, 1)", "a radius on the Jaccard distance, which lies in [0, 1]"),
+    "PSEUDO.MIN_SAMPLES": ">= 1",
+    "PSEUDO.K1": ">= 1",
+    "PSEUDO.K2": ">= 1",
+    "PSEUDO.NUM_INSTANCES": ">= 1",
+    "PSEUDO.BATCH_SIZE": ">= 1",
+    "PSEUDO.OPLM.THRESHOLD": ("in [-1, 1]", "a cosine similarity"),
+    "DATASETS.SYNTHETIC.NUM_TRAIN_IDS": ">= 1",
+    "DATASETS.SYNTHETIC.NUM_VAL_IDS": ">= 0",
+    "DATASETS.SYNTHETIC.NUM_TEST_IDS": ">= 1",
+    "DATASETS.SYNTHETIC.IMAGES_PER_ID": ">= 1",
+    "DATASETS.SYNTHETIC.CAPTIONS_PER_IMAGE": ">= 1",
+    "DATASETS.SYNTHETIC.SEED": ">= 0",
+    "SOLVER.LOG_PERIOD": ">= 1",
+    "TEST.VIS_TOPK": ">= 0",
+    "TEST.VIS_QUERIES": ">= 1",
+    # FastReID's keys.
+    "SOLVER.MAX_EPOCH": ">= 1",
+    "SOLVER.BASE_LR": "> 0",
+    "SOLVER.HEADS_LR_FACTOR": ">= 0",
+    "SOLVER.BIAS_LR_FACTOR": ">= 0",
+    "SOLVER.MOMENTUM": ">= 0",
+    "SOLVER.WEIGHT_DECAY": ">= 0",
+    "SOLVER.WEIGHT_DECAY_NORM": ">= 0",
+    "SOLVER.WEIGHT_DECAY_BIAS": ">= 0",
+    "SOLVER.GAMMA": "> 0",
+    "SOLVER.DELAY_EPOCHS": ">= 0",
+    "SOLVER.ETA_MIN_LR": ">= 0",
+    "SOLVER.WARMUP_FACTOR": ("in (0, 1]", "the fraction of SOLVER.BASE_LR warm-up starts from"),
+    "SOLVER.WARMUP_ITERS": ">= 0",
+    "SOLVER.CHECKPOINT_PERIOD": ">= 1",
+    "SOLVER.IMS_PER_BATCH": (">= 2", "the contrastive loss needs a negative in the batch"),
+    "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": "> 0",
+    "SOLVER.CLIP_GRADIENTS.NORM_TYPE": "> 0",
+    "TEST.EVAL_PERIOD": ">= 1",
+    "TEST.IMS_PER_BATCH": ">= 1",
+    "DATALOADER.NUM_WORKERS": ">= 0",
+    "INPUT.FLIP.PROB": "in [0, 1]",
+    "INPUT.PADDING.SIZE": ">= 0",
+    "INPUT.CJ.PROB": "in [0, 1]",
+    "INPUT.AUTOAUG.PROB": "in [0, 1]",
+    "INPUT.AUGMIX.PROB": "in [0, 1]",
+    "INPUT.REA.PROB": "in [0, 1]",
+    "INPUT.RPT.PROB": "in [0, 1]",
+}
+# Image sizes [height, width]: two positive integers (MODEL.CLIP.IMAGE_SIZE may be empty).
+IMAGE_SIZES = ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST", "MODEL.CLIP.IMAGE_SIZE",
+               "DATASETS.SYNTHETIC.IMAGE_SIZE")
+# Keys that take one of a few strings (SOLVER.SCHED: fastreid.solver.build_lr_scheduler's;
+# SOLVER.WARMUP_METHOD: fastreid.solver.lr_scheduler's warm-up factors).
+CHOICES = {
+    "PSEUDO.OUTLIERS": ("drop", "singleton"),
+    "SOLVER.AMP.DTYPE": ("float16", "bfloat16"),
+    "SOLVER.SCHED": ("MultiStepLR", "CosineAnnealingLR"),
+    "SOLVER.WARMUP_METHOD": ("constant", "linear", "exp"),
+}
+# MODEL.BACKBONE.DEPTH of the FastReID builders that do not look it up in a dict literal (the
+# others' values are read from their source by `backbone_depths`).
+BACKBONE_DEPTHS = {
+    "build_shufflenetv2_backbone": ("0.5x", "1.0x", "1.5x", "2.0x"),  # ShuffleNetV2.__init__
+    "build_mobilenetv3_backbone": ("Large", "Small"),  # _mobilenet_v3_conf
+}
+
+_RANGE = re.compile(r"(>=|>|<=|<) (\S+)$|in ([\[(])(\S+), (\S+)([\])])$")
+_COMPARE = {">": float.__gt__, ">=": float.__ge__, "<": float.__lt__, "<=": float.__le__}
+
+
+def _in_range(value, rule):
+    m = _RANGE.match(rule)
+    if m is None:
+        raise ValueError(f"malformed range {rule!r} in cpcl_plugin.config.RANGES")
+    value = float(value)
+    if m.group(1):
+        return _COMPARE[m.group(1)](value, float(m.group(2)))
+    lo, hi = float(m.group(4)), float(m.group(5))
+    return _COMPARE[">=" if m.group(3) == "[" else ">"](value, lo) and \
+        _COMPARE["<=" if m.group(6) == "]" else "<"](value, hi)
+
+
+def _get(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+@functools.lru_cache(maxsize=None)
+def backbone_depths(name):
+    """The MODEL.BACKBONE.DEPTH values the registered backbone builder `name` accepts, or None
+    when it does not read that key (build_openclip_backbone) or its values cannot be told.
+
+    FastReID's builders look the depth up in dict literals inside the function
+    (``{"18x": [2, 2, 2, 2], ...}[depth]``), where no other code can import them; they accept the
+    keys present in every such dict (build_resnext_backbone's second dict lacks "152x"), read here
+    from the builder's source. BACKBONE_DEPTHS lists the builders that use no dict literal.
+    """
+    if name in BACKBONE_DEPTHS:
+        return BACKBONE_DEPTHS[name]
+    from fastreid.modeling.backbones import BACKBONE_REGISTRY
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(BACKBONE_REGISTRY.get(name))))
+    except (KeyError, OSError, TypeError, SyntaxError):
+        return None
+    assigned = {target.id: node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                for target in node.targets if isinstance(target, ast.Name)}
+    depth = {var for var, value in assigned.items()
+             if ast.unparse(value) == "cfg.MODEL.BACKBONE.DEPTH"}
+    # `{...}[depth]`, or `table[depth]` with `table = {...}` (build_repvgg_backbone's func_dict).
+    looked_up = [assigned.get(node.value.id) if isinstance(node.value, ast.Name) else node.value
+                 for node in ast.walk(tree) if isinstance(node, ast.Subscript)
+                 and isinstance(node.slice, ast.Name) and node.slice.id in depth]
+    tables = [[k.value for k in table.keys if isinstance(k, ast.Constant)]
+              for table in looked_up if isinstance(table, ast.Dict)]
+    if not tables:
+        return None
+    return tuple(k for k in tables[0] if all(k in t for t in tables[1:]))
+
+
+# ---- loading ----------------------------------------------------------------------------------
+_MISMATCH = object()
+_KINDS = {bool: "True or False", int: "an integer", float: "a number", str: "a string",
+          list: "a list", tuple: "a list"}
+
+
+def _as_declared(value, default):
+    """`value` (decoded as yacs decodes it) for a key declared with `default`: the value itself
+    where yacs accepts it (the same type, a list for a tuple or back), a float for an integer
+    where a float is declared (PSEUDO.EPS 1, as users type it), else _MISMATCH. Unlike yacs, an
+    empty value (None, a blank in YAML) is refused for a key that has a default: every part of
+    the plugin and of FastReID reads it as that type."""
+    if type(default) is float and type(value) is int:
+        return float(value)
+    if type(value) is type(default) or default is None or \
+            {type(value), type(default)} <= {list, tuple}:
+        return value
+    return _MISMATCH
+
+
+def _conform(node, given, prefix, where, problems):
+    """Check the mapping `given` (from a YAML file or the command line) against the keys declared
+    in `node`, in place: integers for float keys become floats; unknown keys and values of another
+    type are taken out and described in `problems`, so that the rest can be merged and checked."""
+    import difflib
+    for key in list(given):
+        full = prefix + key
+        if key not in node:
+            if not node.is_new_allowed():
+                near = difflib.get_close_matches(key, [k for k in node if isinstance(k, str)], 1)
+                problems.append(
+                    f"Unknown config key {where}: {full}"
+                    + (f" (did you mean {prefix}{near[0]}?)" if near else "")
+                    + ". Check its spelling against cpcl_plugin/config.py and FastReID's "
+                      "fastreid/config/defaults.py.")
+                del given[key]
+            continue
+        if isinstance(node[key], CN) and isinstance(given[key], dict):
+            _conform(node[key], given[key], full + ".", where, problems)
+            continue
+        decoded = CN._decode_cfg_value(given[key])  # yacs's own reading of the text
+        value = _as_declared(decoded, node[key])
+        if value is _MISMATCH:
+            current = node[key]
+            kind = "a group of keys" if isinstance(current, CN) else \
+                _KINDS.get(type(current), type(current).__name__)
+            example = "" if isinstance(current, CN) or current in ("", [], ()) else \
+                f", e.g. {current!r}"
+            shown = "empty" if given[key] is None else repr(given[key])
+            problems.append(f"{full} {where} is {shown}, but it takes {kind}{example}.")
+            del given[key]
+        elif value is not decoded:
+            given[key] = value
+
+
+def _nested(opts):
+    """Command-line KEY VALUE pairs as the nested mapping a YAML file would give."""
+    tree = {}
+    for key, value in zip(opts[0::2], opts[1::2]):
+        *parents, leaf = str(key).split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):  # A.B given a value and A.B.C too: yacs decides
+                raise ConfigError(f"The command line sets both {'.'.join(parents)} and {key}; "
+                                  f"set the keys of a group one by one.")
+        node[leaf] = value
+    return tree
+
+
+def _read_yaml(config_file):
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"Config file not found: {config_file}. Pass an existing YAML file, "
+                          f"e.g. --config-file configs/CPCL/synthetic.yml.")
+    try:
+        loaded = CN.load_yaml_with_base(config_file)
+    except FileNotFoundError as err:
+        raise ConfigError(f"{config_file}: its _BASE_ file does not exist ({err.filename}); "
+                          f"_BASE_ is relative to the including file.") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise ConfigError(f"{config_file} is not valid YAML ({getattr(err, 'problem', err)}"
+                          f"{f' at line {mark.line + 1}' if mark else ''}).") from None
+    except TypeError:  # load_yaml_with_base looks for _BASE_ in what an empty file gives
+        loaded = None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{config_file} holds no config keys; it must be a YAML mapping such as "
+                          f"configs/CPCL/synthetic.yml.")
+    return loaded
+
+
+def _problem_list(problems):
+    if len(problems) == 1:
+        return problems[0]
+    return f"The config has {len(problems)} problems:\n" + "\n".join(
+        f"  - {p}" for p in problems)
 
 
 def load_config(config_file="", opts=None, check=True):
     """Build the full config: FastReID's defaults, the plugin's keys, the file, then `opts`.
 
-    Raises `ConfigError` with one sentence naming the file or key when something is wrong;
-    `check=False` leaves `check_config` (device, values, combinations) to the caller.
+    Raises `ConfigError` naming the file, the key and the value when something is wrong, every
+    problem at once; `check=False` leaves `check_config` (device, values, combinations) to the
+    caller. An integer is accepted where a float is declared (yacs alone refuses PSEUDO.EPS 1).
     """
     cfg = get_cfg()
     add_cpcl_config(cfg)
-    if config_file:
-        if not os.path.isfile(config_file):
-            raise ConfigError(f"Config file not found: {config_file}. Pass an existing YAML file, "
-                              f"e.g. --config-file configs/CPCL/synthetic.yml.")
-        try:
-            cfg.merge_from_file(config_file)
-        except KeyError as err:
-            raise _config_error_from_key_error(err, config_file) from None
-        except FileNotFoundError as err:
-            raise ConfigError(f"{config_file}: its _BASE_ file does not exist ({err.filename}); "
-                              f"_BASE_ is relative to the including file.") from None
-        except (ValueError, TypeError, AssertionError) as err:
-            raise ConfigError(f"Bad value in {config_file}: {err}") from None
-    if opts:
-        if len(opts) % 2:
-            raise ConfigError(f"Command-line overrides must be KEY VALUE pairs; got an odd number: "
-                              f"{' '.join(opts)}")
-        try:
-            cfg.merge_from_list(list(opts))
-        except KeyError as err:
-            raise _config_error_from_key_error(err, "the command line") from None
-        except (ValueError, TypeError, AssertionError) as err:
-            raise ConfigError(f"Bad value on the command line: {err}") from None
+    if opts and len(opts) % 2:
+        raise ConfigError(f"Command-line overrides must be KEY VALUE pairs; got an odd number: "
+                          f"{' '.join(map(str, opts))}")
+    problems = []
+    sources = ([(_read_yaml(config_file), f"in {config_file}")] if config_file else []) + \
+        ([(_nested(list(opts)), "on the command line")] if opts else [])
+    for given, where in sources:
+        _conform(cfg, given, "", where, problems)
+        try:  # FastReID's merge_from_file, after the checks above
+            cfg.merge_from_other_cfg(CN(given))
+        except (KeyError, ValueError, TypeError, AssertionError) as err:
+            raise ConfigError(f"Bad value {where}: {err}") from None
     if check:
-        check_config(cfg)
+        problems += config_problems(cfg)
+    if problems:
+        raise ConfigError(_problem_list(problems))
     cfg.freeze()
     return cfg
 
 
-def check_config(cfg):
-    """Reject combinations that would otherwise fail deep inside training."""
+def check_config(cfg, machine=True):
+    """Raise one ConfigError listing every problem `config_problems` finds; `machine=False`
+    leaves out whether this machine can run it (MODEL.DEVICE cuda without a GPU)."""
+    problems = config_problems(cfg, machine)
+    if problems:
+        raise ConfigError(_problem_list(problems))
+
+
+def config_problems(cfg, machine=True):
+    """Every value out of its range and every combination that would otherwise fail deep inside
+    training, one sentence each (empty when the config is fine)."""
     import torch
-    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE} but this machine has no CUDA "
-                          f"device; add MODEL.DEVICE cpu to the command line.")
-    if cfg.SOLVER.IMS_PER_BATCH < 2:
-        raise ConfigError("SOLVER.IMS_PER_BATCH must be at least 2: the contrastive loss needs "
-                          "negatives in the batch.")
-    if list(cfg.INPUT.SIZE_TRAIN) != list(cfg.INPUT.SIZE_TEST):
-        raise ConfigError(f"INPUT.SIZE_TRAIN {list(cfg.INPUT.SIZE_TRAIN)} and INPUT.SIZE_TEST "
-                          f"{list(cfg.INPUT.SIZE_TEST)} differ; the encoders need one image size.")
-    if cfg.MODEL.CLIP.IMAGE_SIZE and list(cfg.MODEL.CLIP.IMAGE_SIZE) != list(cfg.INPUT.SIZE_TRAIN):
-        raise ConfigError(f"MODEL.CLIP.IMAGE_SIZE {list(cfg.MODEL.CLIP.IMAGE_SIZE)} differs from "
-                          f"INPUT.SIZE_TRAIN {list(cfg.INPUT.SIZE_TRAIN)}; leave it empty or make "
-                          f"them equal.")
     from fastreid.modeling.backbones import BACKBONE_REGISTRY
     from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+    from fastreid.solver.build import GradientClipType
 
     from .compat import registry_names
+    from .data.synthetic import DOMAINS
+    problems = []
+    if machine and str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
+        problems.append(f"MODEL.DEVICE is {cfg.MODEL.DEVICE} but this machine has no CUDA "
+                        f"device; add MODEL.DEVICE cpu to the command line.")
+    for key, rule in RANGES.items():
+        rule, why = rule if isinstance(rule, tuple) else (rule, "")
+        value = _get(cfg, key)
+        if not _in_range(value, rule):
+            problems.append(f"{key} is {value!r}; it must be {rule}{f' ({why})' if why else ''}.")
+    for key in IMAGE_SIZES:
+        size = _get(cfg, key)
+        if not (len(size) == 2 and all(type(v) is int and v > 0 for v in size)) and \
+                not (key == "MODEL.CLIP.IMAGE_SIZE" and len(size) == 0):
+            problems.append(f"{key} is {list(size)}; it must be [height, width], two positive "
+                            f"integers{' (or empty)' if key == 'MODEL.CLIP.IMAGE_SIZE' else ''}.")
+    choices = dict(CHOICES, **{"DATASETS.SYNTHETIC.DOMAIN": DOMAINS,
+                               "SOLVER.CLIP_GRADIENTS.CLIP_TYPE":
+                                   tuple(t.value for t in GradientClipType)})
+    for key, allowed in choices.items():
+        if _get(cfg, key) not in allowed:
+            problems.append(f"{key} is {_get(cfg, key)!r}; it must be one of "
+                            f"{', '.join(allowed)}.")
+    optimizer = getattr(torch.optim, str(cfg.SOLVER.OPT), None)
+    if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
+        problems.append(f"SOLVER.OPT {cfg.SOLVER.OPT!r} is not an optimiser of torch.optim; "
+                        f"e.g. Adam, AdamW, SGD.")
     for key, value, registry in (
             ("MODEL.META_ARCHITECTURE", cfg.MODEL.META_ARCHITECTURE, META_ARCH_REGISTRY),
             ("MODEL.BACKBONE.NAME", cfg.MODEL.BACKBONE.NAME, BACKBONE_REGISTRY)):
         if value not in registry_names(registry):
-            raise ConfigError(f"{key} {value!r} is not registered; known: "
-                              f"{', '.join(registry_names(registry))}.")
+            problems.append(f"{key} {value!r} is not registered; known: "
+                            f"{', '.join(registry_names(registry))}.")
+    depths = backbone_depths(cfg.MODEL.BACKBONE.NAME) \
+        if cfg.MODEL.BACKBONE.NAME in registry_names(BACKBONE_REGISTRY) else None
+    if depths is not None and cfg.MODEL.BACKBONE.DEPTH not in depths:
+        problems.append(f"MODEL.BACKBONE.DEPTH {cfg.MODEL.BACKBONE.DEPTH!r} is not a depth of "
+                        f"{cfg.MODEL.BACKBONE.NAME}; it accepts {', '.join(depths)}.")
+    if list(cfg.INPUT.SIZE_TRAIN) != list(cfg.INPUT.SIZE_TEST):
+        problems.append(f"INPUT.SIZE_TRAIN {list(cfg.INPUT.SIZE_TRAIN)} and INPUT.SIZE_TEST "
+                        f"{list(cfg.INPUT.SIZE_TEST)} differ; the encoders need one image size.")
+    if cfg.MODEL.CLIP.IMAGE_SIZE and list(cfg.MODEL.CLIP.IMAGE_SIZE) != list(cfg.INPUT.SIZE_TRAIN):
+        problems.append(f"MODEL.CLIP.IMAGE_SIZE {list(cfg.MODEL.CLIP.IMAGE_SIZE)} differs from "
+                        f"INPUT.SIZE_TRAIN {list(cfg.INPUT.SIZE_TRAIN)}; leave it empty or make "
+                        f"them equal.")
     if cfg.TEST.PRECISE_BN.ENABLED or cfg.SOLVER.FREEZE_ITERS > 0:
-        raise ConfigError("TEST.PRECISE_BN.ENABLED and SOLVER.FREEZE_ITERS are not supported by "
-                          "CPCLTrainer; set them to False and 0.")
-    if cfg.SOLVER.AMP.DTYPE not in ("float16", "bfloat16"):
-        raise ConfigError(f"SOLVER.AMP.DTYPE must be 'float16' or 'bfloat16', got "
-                          f"{cfg.SOLVER.AMP.DTYPE!r}.")
-    if cfg.TEST.VIS_TOPK < 0 or cfg.TEST.VIS_QUERIES < 1:
-        raise ConfigError(f"TEST.VIS_TOPK must be >= 0 and TEST.VIS_QUERIES >= 1, got "
-                          f"{cfg.TEST.VIS_TOPK} and {cfg.TEST.VIS_QUERIES}.")
-    if cfg.TEST.EVAL_PERIOD <= 0:
-        raise ConfigError(f"TEST.EVAL_PERIOD must be a positive number of epochs, got "
-                          f"{cfg.TEST.EVAL_PERIOD}.")
+        problems.append("TEST.PRECISE_BN.ENABLED and SOLVER.FREEZE_ITERS are not supported by "
+                        "CPCLTrainer; set them to False and 0.")
     if cfg.TEST.FLIP.ENABLED:
-        raise ConfigError("TEST.FLIP.ENABLED is not supported for text-to-image retrieval "
-                          "(captions cannot be flipped); set it to False.")
-    if cfg.PSEUDO.OUTLIERS not in ("drop", "singleton"):
-        raise ConfigError(f"PSEUDO.OUTLIERS must be 'drop' or 'singleton', got {cfg.PSEUDO.OUTLIERS!r}.")
-    if cfg.PSEUDO.NUM_INSTANCES < 1 or cfg.SOLVER.IMS_PER_BATCH % cfg.PSEUDO.NUM_INSTANCES:
-        raise ConfigError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} must be a multiple of "
-                          f"PSEUDO.NUM_INSTANCES {cfg.PSEUDO.NUM_INSTANCES} (P x K batches).")
-    if not 0 <= cfg.MODEL.CPCL.MEMORY_MOMENTUM < 1:
-        raise ConfigError(f"MODEL.CPCL.MEMORY_MOMENTUM must be in [0, 1), got "
-                          f"{cfg.MODEL.CPCL.MEMORY_MOMENTUM}.")
-    if cfg.MODEL.CPCL.TEMPERATURE <= 0 or cfg.MODEL.CPCL.PROTO_TEMPERATURE <= 0:
-        raise ConfigError("MODEL.CPCL.TEMPERATURE and PROTO_TEMPERATURE must be positive.")
+        problems.append("TEST.FLIP.ENABLED is not supported for text-to-image retrieval "
+                        "(captions cannot be flipped); set it to False.")
+    if cfg.PSEUDO.NUM_INSTANCES >= 1 and cfg.SOLVER.IMS_PER_BATCH % cfg.PSEUDO.NUM_INSTANCES:
+        problems.append(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} must be a multiple of "
+                        f"PSEUDO.NUM_INSTANCES {cfg.PSEUDO.NUM_INSTANCES} (P x K batches).")
+    if cfg.PSEUDO.K2 > cfg.PSEUDO.K1 >= 1:
+        problems.append(f"PSEUDO.K2 {cfg.PSEUDO.K2} exceeds PSEUDO.K1 {cfg.PSEUDO.K1}; query "
+                        f"expansion averages over the K2 nearest of the K1 neighbours.")
+    return problems
 
 
 def check_schedule(cfg, iters_per_epoch):
-    """FastReID's cosine schedule spans the epochs after warm-up; there must be at least one."""
-    warmup_epochs = math.ceil(cfg.SOLVER.WARMUP_ITERS / iters_per_epoch)
-    if cfg.SOLVER.SCHED == "CosineAnnealingLR" and \
-            cfg.SOLVER.MAX_EPOCH - max(warmup_epochs, cfg.SOLVER.DELAY_EPOCHS) <= 0:
+    """The cosine schedule (stepped per iteration, engine/schedule.py) starts after the warm-up and
+    SOLVER.DELAY_EPOCHS; at least one iteration must be left for it."""
+    max_iter = cfg.SOLVER.MAX_EPOCH * iters_per_epoch
+    cosine_start = max(cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.DELAY_EPOCHS * iters_per_epoch)
+    if cfg.SOLVER.SCHED == "CosineAnnealingLR" and cosine_start >= max_iter:
         raise ConfigError(
-            f"SOLVER.WARMUP_ITERS {cfg.SOLVER.WARMUP_ITERS} ({warmup_epochs} epochs of "
-            f"{iters_per_epoch} iterations) leaves no epoch for the cosine schedule within "
-            f"SOLVER.MAX_EPOCH {cfg.SOLVER.MAX_EPOCH}; lower WARMUP_ITERS or raise MAX_EPOCH.")
+            f"SOLVER.WARMUP_ITERS {cfg.SOLVER.WARMUP_ITERS} and SOLVER.DELAY_EPOCHS "
+            f"{cfg.SOLVER.DELAY_EPOCHS} leave no iteration for the cosine schedule within "
+            f"SOLVER.MAX_EPOCH {cfg.SOLVER.MAX_EPOCH} ({max_iter} iterations of "
+            f"{iters_per_epoch} per epoch); lower WARMUP_ITERS or DELAY_EPOCHS, or raise "
+            f"MAX_EPOCH.")
 
 
 def check_batch_split(cfg, world_size):

@@ -8,7 +8,7 @@ from cpcl_plugin import CPCLTrainer, ConfigError
 from cpcl_plugin.modeling import create_clip_model, itc_loss
 
 
-def test_weights_saved_at_224_load_into_384x128(tiny_cfg, tmp_path):
+def test_weights_saved_at_224_load_into_384x128(tiny_cfg, tmp_path, caplog):
     src = open_clip.create_model("CPCL-Tiny", force_image_size=(224, 224))
     with torch.no_grad():  # a smooth, known position-embedding grid
         grid = torch.linspace(-1, 1, 14)
@@ -19,7 +19,9 @@ def test_weights_saved_at_224_load_into_384x128(tiny_cfg, tmp_path):
 
     cfg = tiny_cfg("MODEL.CLIP.PRETRAINED", str(path), "INPUT.SIZE_TRAIN", "[384, 128]",
                    "INPUT.SIZE_TEST", "[384, 128]", "MODEL.CLIP.CONTEXT_LENGTH", "77")
-    model = create_clip_model(cfg)
+    with caplog.at_level("INFO", logger="cpcl_plugin"):
+        model = create_clip_model(cfg)
+    assert "interpolated from a 14x14 grid (224x224 pixels) to 24x8 (384x128 pixels)" in caplog.text
     assert tuple(model.visual.grid_size) == (24, 8)
     new_pos = model.visual.positional_embedding.detach()
     assert new_pos.shape[0] == 1 + 24 * 8
@@ -192,3 +194,65 @@ def test_gradient_checkpointing_changes_nothing_but_memory(tiny_cfg):
     a, b = trainer_a.model.state_dict(), trainer_b.model.state_dict()
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6), name
+
+
+def test_pretrained_files_that_are_not_clip_weights_are_named(tiny_cfg, tmp_path):
+    """MODEL.CLIP.PRETRAINED: each kind of wrong file is one sentence naming its path."""
+    weights = open_clip.create_model("CPCL-Tiny", force_image_size=(64, 32),
+                                     force_context_length=48).state_dict()
+    torch.save(weights, tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[:len(data) // 2])
+    (tmp_path / "notes.txt").write_text("these are not weights\n")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "folder").mkdir()
+    torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3), "fc.weight": torch.zeros(10, 8)},
+               tmp_path / "resnet.pth")
+    unreadable = "is not a weight file open_clip can read"
+    for name, needle in [("notes.txt", unreadable), ("truncated.pth", unreadable),
+                         ("empty.pth", "is empty (0 bytes), not a weight file"),
+                         ("folder", "is a folder, not a weight file; name the weight file in it"),
+                         ("resnet.pth", "does not fit MODEL.CLIP.ARCH CPCL-Tiny"),
+                         ("missing.pth", "is neither an existing file nor an open_clip tag")]:
+        path = str(tmp_path / name)
+        with pytest.raises(ConfigError) as info:
+            create_clip_model(tiny_cfg("MODEL.CLIP.PRETRAINED", path))
+        assert path in str(info.value) and needle in str(info.value), (name, str(info.value))
+    model = create_clip_model(tiny_cfg("MODEL.CLIP.PRETRAINED", str(tmp_path / "full.pth")))
+    assert torch.equal(model.state_dict()["text_projection"], weights["text_projection"])
+
+
+def test_model_weights_load_strictly_unless_partial_is_asked(tiny_cfg, tmp_path, caplog):
+    """MODEL.WEIGHTS: a folder is named as one; a checkpoint of another shape is refused, or with
+    MODEL.WEIGHTS_PARTIAL loads what fits and logs each tensor skipped, with its shapes."""
+    import logging
+
+    from cpcl_plugin.engine.checkpoint import load_model_weights
+    source = CPCLTrainer.build_model(tiny_cfg()).state_dict()
+    dropped = next(k for k in source if k.startswith("backbone."))
+    state = {k: v for k, v in source.items() if k != dropped}
+    state["extra.weight"] = torch.ones(3)
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": state, "epoch": 4}, path)
+    with pytest.raises(ConfigError, match=f"MODEL.WEIGHTS {tmp_path} is a folder, not a "
+                                          f"checkpoint file; name the checkpoint in it"):
+        load_model_weights(CPCLTrainer.build_model(tiny_cfg()), str(tmp_path))
+
+    cfg = tiny_cfg("MODEL.CLIP.CONTEXT_LENGTH", "32")  # the text position embedding differs
+    assert not cfg.MODEL.WEIGHTS_PARTIAL  # strict unless asked
+    model = CPCLTrainer.build_model(cfg)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match="does not match the model .* add MODEL.WEIGHTS_PARTIAL"):
+        load_model_weights(model, str(path))
+    with caplog.at_level(logging.WARNING, logger="cpcl_plugin"):
+        assert load_model_weights(model, str(path), partial=True)["epoch"] == 4
+    pos = "text_encoder.clip.positional_embedding"
+    shape = tuple(initial[pos].shape[1:])
+    assert "skipped 3:" in caplog.text
+    assert f"not in the checkpoint: {dropped} {tuple(initial[dropped].shape)}" in caplog.text
+    assert (f"other shape: {pos} {(32,) + shape} in the model, {(48,) + shape} in the checkpoint"
+            in caplog.text)
+    assert "ignored, not in the model: extra.weight (3,)" in caplog.text
+    for name, tensor in model.state_dict().items():
+        expected = initial[name] if name in (pos, dropped) else state[name]
+        assert torch.equal(tensor, expected), name

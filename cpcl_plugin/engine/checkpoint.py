@@ -3,23 +3,30 @@
 - `write_atomically`: any file (checkpoints, feature indexes, exports) appears complete or not
   at all;
 - `AtomicCheckpointer`: FastReID's Checkpointer on top of it;
+- `check_weight_file`: a weight path (MODEL.WEIGHTS, MODEL.CLIP.PRETRAINED) that is absent, a
+  folder or empty, refused in one sentence;
 - `load_model_weights` / `load_trained_model`: MODEL.WEIGHTS into the model the config builds,
-  refused in one sentence when it does not fit;
+  refused in one sentence when it does not fit (or, for training with MODEL.WEIGHTS_PARTIAL, the
+  tensors that fit, every other one named in the log);
 - `parameter_digest`: a short hash of a model's state, to compare runs, ranks and indexes.
 """
 import hashlib
+import logging
 import os
 
 import torch
 from fastreid.modeling.meta_arch import build_model
 from fastreid.utils.checkpoint import Checkpointer
 
-from ..config import ConfigError
+from ..config import ConfigError, error_summary
 from ..modeling.pretrained import is_recipe, without_pretrained_weights
 from .pseudo_labels import unwrap
 
-__all__ = ["AtomicCheckpointer", "parameter_digest", "load_model_weights", "load_trained_model",
-           "write_atomically"]
+__all__ = ["AtomicCheckpointer", "parameter_digest", "check_weight_file", "check_checkpoint_path",
+           "load_model_weights", "load_trained_model", "write_atomically",
+           "remove_interrupted_writes"]
+
+logger = logging.getLogger(__name__)
 
 
 def write_atomically(path, write, suffix=".tmp"):
@@ -36,6 +43,22 @@ def _torch_save_synced(data, path):
         torch.save(data, f)
         f.flush()
         os.fsync(f.fileno())
+
+
+def remove_interrupted_writes(folder):
+    """Delete the temporary files that checkpoint writes killed mid-way left in `folder`
+    (``*.pth.tmp``, ``last_checkpoint.tmp``; a model's can be hundreds of MB); returns their
+    names. Call it where no other process is writing checkpoints into `folder`."""
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(n for n in os.listdir(folder)
+                   if n.endswith(".pth.tmp") or n == "last_checkpoint.tmp")
+    for name in names:
+        os.remove(os.path.join(folder, name))
+    if names:
+        logger.info(f"Removed {len(names)} file(s) that interrupted checkpoint writes left in "
+                    f"{folder}: {', '.join(names)}")
+    return names
 
 
 class AtomicCheckpointer(Checkpointer):
@@ -63,18 +86,42 @@ class AtomicCheckpointer(Checkpointer):
         write_atomically(os.path.join(self.save_dir, "last_checkpoint"), write)
 
 
-def load_model_weights(model, path):
-    """Load the weights of checkpoint `path` (MODEL.WEIGHTS) into `model`, all of them: a file
-    that is not a checkpoint, or whose tensors do not fit the model the config builds, is one
-    ConfigError naming the first difference (FastReID's loader only warns and skips them)."""
+def check_weight_file(key, path, kind, hint):
+    """Refuse in one sentence a weight path given in config `key` that is not a file of weights:
+    absent, a folder or empty. `kind` names what it must be ("a checkpoint file"); `hint` says
+    what to name instead of a folder."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{key} {path} is a folder, not {kind}; {hint}.")
     if not os.path.isfile(path):
-        raise ConfigError(f"MODEL.WEIGHTS {path} does not exist.")
+        raise ConfigError(f"{key} {path} does not exist.")
+    if os.path.getsize(path) == 0:
+        raise ConfigError(f"{key} {path} is empty (0 bytes), not {kind}; copy or download it "
+                          f"again.")
+
+
+def check_checkpoint_path(path):
+    """`check_weight_file` for MODEL.WEIGHTS."""
+    check_weight_file("MODEL.WEIGHTS", path, "a checkpoint file",
+                      f"name the checkpoint in it, e.g. {os.path.join(path, 'model_final.pth')}")
+
+
+def load_model_weights(model, path, partial=False):
+    """Load the weights of checkpoint `path` (MODEL.WEIGHTS) into `model` and return the
+    checkpoint's dict. A file that is not a checkpoint is one ConfigError; so is one whose tensors
+    do not all fit the model the config builds (naming the first difference; FastReID's loader
+    only warns and skips them), unless `partial` (MODEL.WEIGHTS_PARTIAL, for training): then the
+    tensors that fit are loaded, the others keep their initialisation, and the log names every
+    one skipped with its shapes."""
+    check_checkpoint_path(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # pickle, zip and torch errors alike: not a readable checkpoint
-        raise ConfigError(f"MODEL.WEIGHTS {path} is not a readable checkpoint ({err}).") from None
+        raise ConfigError(f"MODEL.WEIGHTS {path} is not a readable checkpoint "
+                          f"({error_summary(err)}); pass a model_*.pth written by "
+                          f"training.") from None
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+    if not isinstance(state, dict) or not state or \
+            not all(torch.is_tensor(v) for v in state.values()):
         raise ConfigError(f"MODEL.WEIGHTS {path} holds no model state dict; pass a model_*.pth "
                           f"written by training.")
     # Checkpoints of a DistributedDataParallel model saved without unwrapping it.
@@ -83,7 +130,12 @@ def load_model_weights(model, path):
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
+    counts = (f"{len(mismatched)} shapes differ, {len(missing)} missing, "
+              f"{len(unexpected)} extra")
+    if not (missing or unexpected or mismatched):
+        unwrap(model).load_state_dict(state)
+        return checkpoint
+    if not partial:
         if mismatched:
             k = mismatched[0]
             first = (f"{k} is {tuple(state[k].shape)} in the checkpoint but "
@@ -94,9 +146,21 @@ def load_model_weights(model, path):
             first = f"the checkpoint has {unexpected[0]}, which the model does not"
         raise ConfigError(
             f"MODEL.WEIGHTS {path} does not match the model this config builds ({first}; "
-            f"{len(mismatched)} shapes differ, {len(missing)} missing, {len(unexpected)} extra): "
-            f"use the config the checkpoint was trained with.")
-    unwrap(model).load_state_dict(state)
+            f"{counts}): use the config the checkpoint was trained with, or, to start training "
+            f"from the tensors that fit, add MODEL.WEIGHTS_PARTIAL True.")
+    fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    if not fitting:
+        raise ConfigError(f"MODEL.WEIGHTS {path} has no tensor that fits the model this config "
+                          f"builds ({counts}), so even MODEL.WEIGHTS_PARTIAL loads nothing: check "
+                          f"that it is a checkpoint of this architecture.")
+    skipped = ([f"  kept as initialised, not in the checkpoint: {k} {tuple(own[k].shape)}"
+                for k in missing]
+               + [f"  kept as initialised, other shape: {k} {tuple(own[k].shape)} in the model, "
+                  f"{tuple(state[k].shape)} in the checkpoint" for k in mismatched]
+               + [f"  ignored, not in the model: {k} {tuple(state[k].shape)}" for k in unexpected])
+    logger.warning(f"MODEL.WEIGHTS_PARTIAL: loaded {len(fitting)} of the model's {len(own)} "
+                   f"tensors from {path}; skipped {len(skipped)}:\n" + "\n".join(skipped))
+    unwrap(model).load_state_dict(fitting, strict=False)
     return checkpoint
 
 

@@ -21,7 +21,7 @@ from fastreid.utils.registry import Registry
 from torch import nn
 
 from ..compat import registry_names
-from ..config import ConfigError
+from ..config import ConfigError, error_summary
 from .pretrained import ensure_pretrained_weights, is_recipe
 
 __all__ = ["TEXT_ENCODER_REGISTRY", "build_text_encoder", "create_clip_model",
@@ -45,6 +45,22 @@ class _DropRandomInitWarning(logging.Filter):
         return "No pretrained weights loaded" not in record.getMessage()
 
 
+class _PositionEmbeddingResize(logging.Filter):
+    """Catches open_clip's root-logger INFO line about resizing the position embedding grid (it
+    never shows: nothing configures the root logger) so it can be said in this project's log,
+    with the image sizes; lets every other record through unchanged."""
+
+    def __init__(self, root_level):
+        super().__init__()
+        self.grids, self.root_level = None, root_level
+
+    def filter(self, record):
+        if record.getMessage().startswith("Resizing position embedding grid-size"):
+            self.grids = record.args
+            return False
+        return record.levelno >= self.root_level  # what the root logger passed before
+
+
 def create_clip_model(cfg):
     """The open_clip model of MODEL.CLIP at the configured image size and context length, with
     weights from MODEL.CLIP.PRETRAINED (tag, file, or a pretraining config whose cached weights
@@ -55,6 +71,17 @@ def create_clip_model(cfg):
                           f"of open_clip.list_models(), e.g. ViT-B-16, ViT-L-14, CPCL-Tiny.")
     if pretrained and is_recipe(pretrained):
         pretrained = ensure_pretrained_weights(cfg)  # a local file from here on
+    is_tag = bool(pretrained and open_clip.get_pretrained_cfg(arch, pretrained))
+    if pretrained and not is_tag:
+        if not os.path.exists(pretrained):
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+            raise ConfigError(
+                f"MODEL.CLIP.PRETRAINED {pretrained!r} is neither an existing file nor an "
+                f"open_clip tag of {arch} (its tags: {tags}); name a weight file, a tag, a "
+                f"pretraining config (.yml), or leave it empty for random weights.")
+        from ..engine.checkpoint import check_weight_file
+        check_weight_file("MODEL.CLIP.PRETRAINED", pretrained, "a weight file",
+                          "name the weight file in it (.pt, .pth, .bin or .safetensors)")
     image_size = clip_image_size(cfg)
     if isinstance(open_clip.get_model_config(arch)["vision_cfg"].get("layers"), (list, tuple)):
         # open_clip's ModifiedResNet (RN50, RN101, ...) pools a square grid only.
@@ -64,37 +91,69 @@ def create_clip_model(cfg):
                               f"a FastReID ResNet via MODEL.BACKBONE.NAME build_resnet_backbone.")
         image_size = image_size[0]
     # Weights trained with QuickGELU (OpenAI's) need it at run time; open_clip only warns.
-    quick_gelu = bool(pretrained and not os.path.isfile(pretrained)
-                      and (open_clip.get_pretrained_cfg(arch, pretrained) or {}).get("quick_gelu"))
+    quick_gelu = bool(is_tag and open_clip.get_pretrained_cfg(arch, pretrained).get("quick_gelu"))
     quiet = _DropRandomInitWarning() if not pretrained else None
     if quiet:  # random init is what MODEL.CLIP.PRETRAINED "" asks for; say it once, our way
         logging.getLogger().addFilter(quiet)
         logger.info(f"open_clip {arch}: random initialisation (MODEL.CLIP.PRETRAINED is empty)")
+    root = logging.getLogger()
+    root_level = root.level
+    resize = _PositionEmbeddingResize(root_level)
+    root.addFilter(resize)
+    root.setLevel(min(root_level, logging.INFO))  # so that open_clip's INFO line reaches it
     try:
         model = open_clip.create_model(
             arch, pretrained=pretrained, force_image_size=image_size, force_quick_gelu=quick_gelu,
             force_context_length=cfg.MODEL.CLIP.CONTEXT_LENGTH, device="cpu",
             require_pretrained=bool(pretrained))
-    except RuntimeError as err:
-        if pretrained and os.path.isfile(pretrained):
+    except Exception as err:  # open_clip's reader and loader raise errors of many kinds
+        if not pretrained:
+            raise
+        said = error_summary(err)
+        if is_tag:
             raise ConfigError(
-                f"MODEL.CLIP.PRETRAINED {pretrained} does not fit MODEL.CLIP.ARCH {arch} "
-                f"({str(err).splitlines()[0][:200]}); it must be an open_clip state dict of that "
-                f"architecture (OpenAI's TorchScript .pt archives are not accepted).") from None
-        if pretrained:
+                f"MODEL.CLIP.PRETRAINED {pretrained!r} could not be loaded for {arch} ({said}). "
+                f"Without internet access, download the weights elsewhere and set "
+                f"MODEL.CLIP.PRETRAINED to the local file.") from None
+        unreadable = _unreadable_weights(pretrained)
+        if unreadable:
             raise ConfigError(
-                f"MODEL.CLIP.PRETRAINED {pretrained!r} could not be loaded for {arch} "
-                f"({str(err).splitlines()[0]}). Without internet access, download the weights "
-                f"elsewhere and set MODEL.CLIP.PRETRAINED to the local file.") from None
-        raise
+                f"MODEL.CLIP.PRETRAINED {pretrained} is not a weight file open_clip can read "
+                f"({unreadable}); name an open_clip state dict saved with torch.save, or a "
+                f".safetensors file.") from None
+        raise ConfigError(
+            f"MODEL.CLIP.PRETRAINED {pretrained} does not fit MODEL.CLIP.ARCH {arch} ({said}); it "
+            f"must be an open_clip state dict of that architecture (OpenAI's TorchScript .pt "
+            f"archives are not accepted).") from None
     finally:
+        root.removeFilter(resize)
+        root.setLevel(root_level)
         if quiet:
             logging.getLogger().removeFilter(quiet)
     if pretrained:
         logger.info(f"Loaded open_clip {arch} weights from {pretrained}")
+    if resize.grids:
+        (old_h, old_w), (new_h, new_w) = (tuple(g) for g in resize.grids)
+        patch_h, patch_w = (int(v) for v in model.visual.patch_size) \
+            if hasattr(model.visual, "patch_size") else (1, 1)
+        logger.info(f"Position embeddings of MODEL.CLIP.PRETRAINED interpolated from a "
+                    f"{old_h}x{old_w} grid ({old_h * patch_h}x{old_w * patch_w} pixels) to "
+                    f"{new_h}x{new_w} ({new_h * patch_h}x{new_w * patch_w} pixels)")
     if cfg.MODEL.CLIP.GRAD_CHECKPOINTING:
         model.set_grad_checkpointing(True)
     return model
+
+
+def _unreadable_weights(path):
+    """Why open_clip's reader cannot read `path` as a state dict of tensors; None when it can."""
+    from open_clip.factory import load_state_dict
+    try:
+        state = load_state_dict(path, device="cpu")
+    except Exception as err:  # torch.load, pickle, zip and safetensors errors alike
+        return error_summary(err)
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        return "it holds no state dict of tensors"
+    return None
 
 
 class OpenCLIPImageBackbone(nn.Module):

@@ -78,6 +78,23 @@ DIAGNOSIS = {
 MAIN_ROWS = list(ROWS)
 ROWS.update(DIAGNOSIS)
 TRUE_LABEL_ROWS = ("true_cpcl", "oracle", "true_cpcl_no_t2t")
+# What a row is, short enough for a plot's axis (the tables use ROWS' longer descriptions).
+PLOT_LABELS = {
+    "zeroshot": "zero-shot", "itc": "ITC only\n(baseline)", "pmm": "+ PMM", "hcm": "+ HCM",
+    "full": "+ OPLM\n(full CPCL)", "true_cpcl": "CPCL on true\nidentities",
+    "oracle": "supervised\nupper bound",
+    "true_cpcl_no_t2t": "CPCL on true ids,\nno text-to-text",
+    "full_no_t2t": "full CPCL,\nno text-to-text", "full_m09": "full CPCL,\nmomentum 0.9",
+    "full_tau": "full CPCL,\ntemperature 0.1", "full_sdm": "full CPCL\n+ SDM",
+    "full_k8": "full CPCL,\nK = 8", "full_late": "ITC 3 epochs,\nthen full CPCL",
+}
+
+
+def plot_label(row, one_line=False):
+    """The label of `row` in plots: what it is, never the internal name (ROWS' description for
+    a row without a short one)."""
+    label = PLOT_LABELS.get(row, ROWS[row][0])
+    return " ".join(label.split()) if one_line else label
 METRICS = ("Rank-1", "Rank-5", "Rank-10", "mAP", "mINP")
 
 
@@ -339,7 +356,7 @@ def bar_plot(results, rows, seeds, data_seed, path):
         vals = np.array([[results[(r, data_seed, s)][k] for s in seeds] for r in rows])
         spread = vals.std(1, ddof=1) if len(seeds) > 1 else np.zeros(len(rows))  # as the table
         ax.bar(x + (i - 0.5) * 0.38, vals.mean(1), 0.38, yerr=spread, capsize=3, label=label)
-    ax.set_xticks(x, [r for r in rows])
+    ax.set_xticks(x, [plot_label(r) for r in rows], fontsize=8)
     ax.set_ylabel("%")
     ax.set_title(f"Synthetic ablation from the pretrained tiny CLIP, mean and std over "
                  f"{len(seeds)} seeds")
@@ -362,7 +379,9 @@ def ari_plot(results, rows, seeds, data_seed, path):
         epochs = [h["epoch"] for h in runs[0]["history"]]
         ari = np.array([[h["image"]["ari"] for h in r["history"]] for r in runs])
         style = "--" if row == "itc" else "-"
-        label = "itc (features, monitoring)" if row == "itc" else row
+        label = plot_label(row, one_line=True)
+        if row == "itc":
+            label += ": its features, clustered for monitoring"
         ax.plot(epochs, ari.mean(0), style, marker="o", ms=3, label=label)
         ax.fill_between(epochs, ari.min(0), ari.max(0), alpha=0.15)
     ax.set_xlabel("epoch (labels made before it)")

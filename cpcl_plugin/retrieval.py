@@ -7,17 +7,21 @@ be saved and reloaded, answer typed queries. Used by tools/retrieve.py; usable f
     scores, rows = index.search(encode_queries(cfg, model, ["a man in a blue coat"]), k=10)
 """
 import json
+import logging
 import os
 import zipfile
+from contextlib import nullcontext
 
 import numpy as np
+from PIL import Image
 
 from .config import ConfigError
 from .data.datasets import DatasetError
 from .engine.checkpoint import parameter_digest, write_atomically
 from .evaluation.features import encode_captions_and_images
+from .utils.progress import quiet_logger
 
-__all__ = ["GalleryIndex", "encode_queries", "list_images", "IMAGE_EXTENSIONS"]
+__all__ = ["GalleryIndex", "encode_queries", "check_queries", "list_images", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -34,14 +38,31 @@ def list_images(folder):
     return paths
 
 
-def encode_queries(cfg, model, queries):
-    """(len(queries), d) float32 features of free-text queries; an empty one is an error."""
+def check_queries(queries):
+    """One ConfigError for the first empty query (before any model is loaded)."""
     for i, q in enumerate(queries):
         if not q.strip():
             raise ConfigError(f"Query {i + 1} is empty: type what the person looks like, e.g. "
                               f"\"a woman in a red coat carrying a black backpack\".")
-    text_f, _, _ = encode_captions_and_images(cfg, model, queries, [])
+
+
+def encode_queries(cfg, model, queries):
+    """(len(queries), d) float32 features of free-text queries; an empty one is an error."""
+    check_queries(queries)
+    plural = "y" if len(queries) == 1 else "ies"
+    text_f, _, _ = encode_captions_and_images(cfg, model, queries, [],
+                                              step=f"encoding {len(queries)} quer{plural}")
     return text_f
+
+
+def _why_unreadable(path):
+    """The reason PIL gives for not decoding `path`, for the list of skipped files."""
+    try:
+        with Image.open(path) as image:
+            image.convert("RGB")
+    except Exception as err:  # any failure is the answer here, not a crash
+        return f"{type(err).__name__}: {err}"
+    return "could not be decoded"
 
 
 class GalleryIndex:
@@ -58,20 +79,31 @@ class GalleryIndex:
         self.pids = np.full(len(self.image_paths), -1, dtype=np.int64) if pids is None \
             else np.asarray(pids, dtype=np.int64)
         self.model_digest = model_digest
+        self.skipped = []  # (path, reason) of images left out by `build`
         self._index = faiss.IndexFlatIP(self.features.shape[1])
         self._index.add(self.features)
 
     @classmethod
-    def build(cls, cfg, model, image_paths, pids=None):
-        """Encode `image_paths` with `model`; undecodable images (DATASETS.SKIP_BAD_IMAGES) are
-        left out."""
-        _, image_f, valid = encode_captions_and_images(cfg, model, [], image_paths)
+    def build(cls, cfg, model, image_paths, pids=None, skip_bad_images=None):
+        """Encode `image_paths` with `model`. Undecodable images stop it with one DatasetError, or
+        with `skip_bad_images` (default: DATASETS.SKIP_BAD_IMAGES) are left out, without a
+        warning per file: the index's `skipped` [(path, reason)] lists them for the caller to
+        report at once."""
+        skip = cfg.DATASETS.SKIP_BAD_IMAGES if skip_bad_images is None else skip_bad_images
+        with quiet_logger("cpcl_plugin.data.build", logging.ERROR) if skip else nullcontext():
+            _, image_f, valid = encode_captions_and_images(
+                cfg, model, [], image_paths, skip_bad_images=skip,
+                step=f"building the gallery index: encoding {len(image_paths)} images")
         keep = np.flatnonzero(valid)
+        skipped = [(image_paths[i], _why_unreadable(image_paths[i]))
+                   for i in np.flatnonzero(~np.asarray(valid, dtype=bool))]
         if len(keep) == 0:
             raise DatasetError(f"None of the {len(image_paths)} gallery images could be decoded "
-                               f"(e.g. {image_paths[0]}).")
-        return cls(image_f[keep], [os.path.abspath(image_paths[i]) for i in keep],
-                   None if pids is None else np.asarray(pids)[keep], parameter_digest(model))
+                               f"(e.g. {skipped[0][0]}: {skipped[0][1]}).")
+        index = cls(image_f[keep], [os.path.abspath(image_paths[i]) for i in keep],
+                    None if pids is None else np.asarray(pids)[keep], parameter_digest(model))
+        index.skipped = skipped
+        return index
 
     def __len__(self):
         return len(self.image_paths)
@@ -105,7 +137,11 @@ class GalleryIndex:
             raise ConfigError(f"{path} is not a gallery index saved by tools/retrieve.py "
                               f"--save-index ({err}).") from None
         if model is not None:
-            if parameter_digest(model) != index.model_digest:
-                raise ConfigError(f"Gallery index {path} was built with other weights than "
-                                  f"MODEL.WEIGHTS; rebuild it with --save-index.")
+            index.check_model(model, path)
         return index
+
+    def check_model(self, model, path):
+        """One ConfigError unless `model` computed these features (`path` names the index)."""
+        if parameter_digest(model) != self.model_digest:
+            raise ConfigError(f"Gallery index {path} was built with other weights than "
+                              f"MODEL.WEIGHTS; rebuild it with --save-index.")

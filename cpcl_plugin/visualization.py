@@ -1,56 +1,286 @@
-"""Ranked-list pictures: a query caption above its top-k gallery images, each bordered green
-(same identity), red (another identity) or grey (identity unknown), with rank and score."""
+"""Ranked-list pictures, for tools/retrieve.py and the evaluator (TEST.VIS_TOPK).
+
+One picture per query: the query caption; a summary line (the query's identity, its AP and the
+rank of its first true match, when the identity is known); its top-k gallery images, best first,
+framed green (same identity), red (another) or grey (unknown); and, when the identity is known,
+its ground-truth images with their ranks. Under each image: rank, score, file name and identity
+(when known). The text is PIL's bundled font at a size that follows the tile width. A folder of
+pictures has an index.csv and an index.html listing its queries.
+"""
+import csv
+import functools
+import html
 import os
-import textwrap
+import re
+from dataclasses import dataclass
+from typing import Optional
 
-from PIL import Image, ImageDraw, ImageFont
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-__all__ = ["draw_ranked_list", "ranked_list_size", "THUMB_SIZE"]
+from .evaluation.t2i_evaluation import average_precision, positive_ranks
 
-THUMB_SIZE = (96, 192)   # width, height of each gallery image (pedestrians are tall)
-GAP = 8                  # pixels between and around images
-BORDER = 5               # width of the correct / incorrect frame
-TEXT_LINES = 3           # the caption is wrapped to at most this many lines
-LINE_HEIGHT = 14
-LABEL_HEIGHT = 16        # rank and score under each image
+__all__ = ["Tile", "draw_ranked_list", "draw_query", "wrap_text", "font", "label_font_size",
+           "tile_lines", "new_picture_path", "write_picture_index", "THUMB_WIDTH",
+           "INDEX_COLUMNS"]
+
+THUMB_WIDTH = 128   # pixels; images are drawn twice as tall (pedestrians are tall)
 COLORS = {True: (20, 160, 20), False: (210, 30, 30), None: (150, 150, 150)}
+INDEX_COLUMNS = ("picture", "query", "identity", "AP", "first_true_match", "top1")
 
 
-def ranked_list_size(k):
-    """(width, height) of the picture of a top-`k` list."""
-    width = GAP + k * (THUMB_SIZE[0] + 2 * BORDER + GAP)
-    height = GAP + TEXT_LINES * LINE_HEIGHT + GAP + THUMB_SIZE[1] + 2 * BORDER + LABEL_HEIGHT + GAP
-    return max(width, 320), height
+@dataclass
+class Tile:
+    """One gallery image in a picture."""
+    image_path: str
+    rank: int                        # 1-based rank in the whole gallery
+    score: float                     # cosine similarity to the query
+    correct: Optional[bool] = None   # same identity as the query; None: unknown
+    identity: Optional[int] = None   # None: unknown
 
 
-def draw_ranked_list(caption, image_paths, scores, correct, path):
-    """Write the picture of one ranked list to `path` (PNG). `correct[i]` is True, False or None
-    for the i-th image. Images that cannot be read are drawn as a grey box."""
-    k = len(image_paths)
-    width, height = ranked_list_size(k)
+@functools.lru_cache(maxsize=None)
+def font(size):
+    """PIL's bundled font at `size` pixels: Pillow >= 10.1 with FreeType scales it. Without those,
+    PIL's fixed bitmap font (about 11 pixels): the layout still follows `size`, the letters
+    stay small. No font file is read, so this works on any machine."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: no size argument
+        return ImageFont.load_default()
+
+
+def label_font_size(thumb_width):
+    """Pixel size of the text under a tile `thumb_width` wide: 14 at the default 128."""
+    return max(10, round(thumb_width / 9))
+
+
+def _line_height(f):
+    left, top, right, bottom = f.getbbox("Hgjy|")
+    return int(bottom - min(top, 0) + max(2, (bottom - top) // 4))
+
+
+def wrap_text(text, f, width):
+    """Lines of `text` at most `width` pixels wide in font `f`. Words stay whole, separated by one
+    space, never joined; only a word wider than a whole line is split across lines."""
+    lines, line = [], ""
+    for word in text.split():
+        candidate = f"{line} {word}" if line else word
+        if f.getlength(candidate) <= width:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        if f.getlength(word) > width:  # wider than a whole line: split between characters
+            *full, word = _split_chars(word, f, width)
+            lines.extend(full)
+        line = word
+    if line:
+        lines.append(line)
+    return lines or [""]
+
+
+def _fit_name(name, f, width, max_lines=2):
+    """A file name on at most `max_lines` lines of `width` pixels, split between characters; one
+    too long keeps its start and its end (with the extension) around an ellipsis."""
+    lines = wrap_text(name, f, width) if " " in name else _split_chars(name, f, width)
+    if len(lines) <= max_lines:
+        return lines
+    tail = ""
+    for ch in reversed(name):  # the longest end that fits after the ellipsis
+        if f.getlength("…" + ch + tail) > width:
+            break
+        tail = ch + tail
+    return lines[:max_lines - 1] + ["…" + tail]
+
+
+def _split_chars(text, f, width):
+    lines, line = [], ""
+    for ch in text:
+        if line and f.getlength(line + ch) > width:
+            lines.append(line)
+            line = ""
+        line += ch
+    return lines + [line] if line else lines or [""]
+
+
+def tile_lines(tile, f, width, ground_truth=False):
+    """The text under a tile: rank and score, the file name, the identity when known."""
+    rank = f"rank {tile.rank}" if ground_truth else f"#{tile.rank}"
+    lines = [f"{rank}  {tile.score:.3f}"] + _fit_name(os.path.basename(tile.image_path), f, width)
+    if tile.identity is not None:
+        lines.append(f"id {tile.identity}")
+    return lines
+
+
+def _thumbnail(path, size):
+    """The image fitted into `size` without distortion (padded), or a grey box if unreadable."""
+    try:
+        with Image.open(path) as im:
+            return ImageOps.pad(im.convert("RGB"), size, color=(235, 235, 235))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return Image.new("RGB", size, (200, 200, 200))
+
+
+def draw_ranked_list(caption, tiles, path, summary="", ground_truth=(), ground_truth_title="",
+                     thumb_width=THUMB_WIDTH):
+    """Write the picture of one query to `path` (PNG) and return `path`: the caption, the
+    `summary` line, the `tiles` (top-k, best first) and, if any, the `ground_truth` tiles under
+    `ground_truth_title`. Every size, the text's included, follows `thumb_width`."""
+    w = thumb_width
+    label_font, caption_font = font(label_font_size(w)), font(round(1.3 * label_font_size(w)))
+    lh, ch = _line_height(label_font), _line_height(caption_font)
+    gap, border = max(6, w // 16), max(3, w // 25)
+    tile_w, tile_h = w + 2 * border, 2 * w + 2 * border
+    rows = [(f"top {len(tiles)}", list(tiles), False)]
+    if ground_truth:
+        rows.append((ground_truth_title, list(ground_truth), True))
+    cols = max(len(r[1]) for r in rows)
+    width = max(gap + cols * (tile_w + gap), 30 * label_font_size(w))
+    text_w = width - 2 * gap
+    caption_lines = wrap_text(caption, caption_font, text_w)
+    summary_lines = wrap_text(summary, label_font, text_w) if summary else []
+    titles = [wrap_text(title, label_font, text_w) for title, _, _ in rows]
+    labels = [[tile_lines(t, label_font, tile_w, gt) for t in row] for _, row, gt in rows]
+    label_h = [max(len(ls) for ls in row) * lh if row else 0 for row in labels]
+    height = gap + len(caption_lines) * ch + len(summary_lines) * lh + gap
+    height += sum(len(t) * lh + tile_h + h + gap for t, h in zip(titles, label_h))
+
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    chars_per_line = max(20, (width - 2 * GAP) // 6)
-    lines = textwrap.wrap(caption, chars_per_line) or [""]
-    if len(lines) > TEXT_LINES:
-        lines = lines[:TEXT_LINES]
-        lines[-1] = lines[-1][:chars_per_line - 3] + "..."
-    for i, line in enumerate(lines):
-        draw.text((GAP, GAP + i * LINE_HEIGHT), line, fill=(0, 0, 0), font=font)
-    top = GAP + TEXT_LINES * LINE_HEIGHT + GAP
-    for i, (image_path, score, ok) in enumerate(zip(image_paths, scores, correct)):
-        left = GAP + i * (THUMB_SIZE[0] + 2 * BORDER + GAP)
-        draw.rectangle([left, top, left + THUMB_SIZE[0] + 2 * BORDER - 1,
-                        top + THUMB_SIZE[1] + 2 * BORDER - 1], fill=COLORS[ok])
-        try:
-            with Image.open(image_path) as im:
-                thumb = im.convert("RGB").resize(THUMB_SIZE)
-        except (OSError, ValueError):
-            thumb = Image.new("RGB", THUMB_SIZE, (200, 200, 200))
-        canvas.paste(thumb, (left + BORDER, top + BORDER))
-        draw.text((left, top + THUMB_SIZE[1] + 2 * BORDER + 2), f"#{i + 1}  {score:.3f}",
-                  fill=(0, 0, 0), font=font)
+    y = gap
+    for line in caption_lines:
+        draw.text((gap, y), line, fill=(0, 0, 0), font=caption_font)
+        y += ch
+    for line in summary_lines:
+        draw.text((gap, y), line, fill=(60, 60, 60), font=label_font)
+        y += lh
+    y += gap
+    for (_, row, _), title, row_labels, h in zip(rows, titles, labels, label_h):
+        for line in title:
+            draw.text((gap, y), line, fill=(60, 60, 60), font=label_font)
+            y += lh
+        for i, (tile, lines) in enumerate(zip(row, row_labels)):
+            left = gap + i * (tile_w + gap)
+            draw.rectangle([left, y, left + tile_w - 1, y + tile_h - 1], fill=COLORS[tile.correct])
+            canvas.paste(_thumbnail(tile.image_path, (w, 2 * w)), (left + border, y + border))
+            for j, line in enumerate(lines):
+                draw.text((left, y + tile_h + 1 + j * lh), line, fill=(0, 0, 0), font=label_font)
+        y += tile_h + h + gap
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    canvas.save(path)
+    canvas.save(path, format="PNG")
     return path
+
+
+def _ranks_text(ranks, limit=10):
+    shown = ", ".join(str(r) for r in ranks[:limit])
+    return shown + (f" and {len(ranks) - limit} more" if len(ranks) > limit else "")
+
+
+def draw_query(caption, order, scores, image_paths, path, topk, gallery_ids=None, query_id=None,
+               max_ground_truth=None, thumb_width=THUMB_WIDTH):
+    """Draw one query's picture from its ranking and return its index row (INDEX_COLUMNS, and
+    "summary": the identity / AP / first-true-match line written on the picture).
+
+    `order`: gallery rows, best first; `scores`: their similarities, in that order. With the
+    identities (`gallery_ids` per row, -1 where unknown, and `query_id`) `order` must be the whole
+    gallery: the picture then adds the ground truth (up to `max_ground_truth`, default `topk`,
+    best ranked first), the query's AP and the rank of its first true match."""
+    order, scores = np.asarray(order), np.asarray(scores)
+    ids = None if gallery_ids is None else np.asarray(gallery_ids)
+
+    def tile(position):
+        row = int(order[position])
+        identity = None if ids is None or ids[row] < 0 else int(ids[row])
+        correct = None if query_id is None or identity is None else identity == query_id
+        return Tile(image_paths[row], position + 1, float(scores[position]), correct, identity)
+
+    top = [tile(i) for i in range(min(topk, len(order)))]
+    ranks, ap, truth, truth_title = np.zeros(0, int), None, [], ""
+    if query_id is None:
+        summary = "identity of the query unknown: grey frames"
+    elif ids is None or not (ids >= 0).any():
+        summary = f"identity {query_id}; the gallery's identities are unknown: grey frames"
+    else:
+        ranks = positive_ranks(order, ids, query_id)
+        ap = average_precision(ranks)
+        if len(ranks):
+            beyond = f" (beyond the top {topk})" if ranks[0] > topk else ""
+            summary = (f"identity {query_id}: AP {ap:.1f}%, first true match at rank "
+                       f"{ranks[0]}{beyond} of {len(order)}")
+            truth = [tile(r - 1) for r in ranks[:max_ground_truth or topk]]
+            plural = "s" if len(ranks) > 1 else ""
+            shown = f", best {len(truth)} shown" if len(truth) < len(ranks) else ""
+            truth_title = (f"ground truth: {len(ranks)} image{plural} of identity {query_id} at "
+                           f"rank{plural} {_ranks_text(ranks.tolist())}{shown}")
+        else:
+            summary = f"identity {query_id}: none of the {len(order)} gallery images has it"
+    draw_ranked_list(caption, top, path, summary, truth, truth_title, thumb_width)
+    return {"picture": path, "query": caption, "summary": summary,
+            "identity": "" if query_id is None else query_id,
+            "AP": "" if ap is None else f"{ap:.2f}",
+            "first_true_match": int(ranks[0]) if len(ranks) else "",
+            "top1": top[0].image_path if top else ""}
+
+
+def new_picture_path(folder, prefix="query_"):
+    """`folder`/`prefix`NNN.png with the next number free in `folder`, created (empty) here, so
+    that no later query, in this run, another run or a concurrent one, overwrites a picture."""
+    os.makedirs(folder, exist_ok=True)
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.png")
+    taken = [int(m.group(1)) for m in map(pattern.fullmatch, os.listdir(folder)) if m]
+    n = max(taken, default=0) + 1
+    while True:
+        path = os.path.join(folder, f"{prefix}{n:03d}.png")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def _read_index(path):
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != INDEX_COLUMNS:
+                return []  # another layout: start a new list (the pictures stay on disk)
+            return list(reader)
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
+
+
+def write_picture_index(folder, rows, append=True):
+    """Write `folder`/index.csv (INDEX_COLUMNS, one row per picture; `rows` added to the rows
+    already there with `append`, replacing them otherwise) and `folder`/index.html (the same
+    list, with the pictures). Returns the path of index.html."""
+    os.makedirs(folder, exist_ok=True)
+    csv_path, html_path = os.path.join(folder, "index.csv"), os.path.join(folder, "index.html")
+    rows = [{k: row[k] for k in INDEX_COLUMNS} for row in rows]
+    for row in rows:  # relative to the folder: the folder can be moved or served as it is
+        row["picture"] = os.path.relpath(os.path.abspath(row["picture"]), os.path.abspath(folder))
+    everything = (_read_index(csv_path) if append else []) + rows
+    with open(csv_path + ".tmp", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=INDEX_COLUMNS)
+        writer.writeheader()
+        writer.writerows(everything)
+    os.replace(csv_path + ".tmp", csv_path)
+    items = []
+    for row in everything:
+        e = {k: html.escape(str(v), quote=True) for k, v in row.items()}
+        facts = [f"identity {e['identity']}" if e["identity"] else "identity unknown"]
+        if e["AP"]:
+            facts.append(f"AP {e['AP']}%, first true match at rank {e['first_true_match']}")
+        items.append(f'<li><p><b>{e["query"]}</b><br>{"; ".join(facts)}. '
+                     f'<a href="{e["picture"]}">{e["picture"]}</a></p>'
+                     f'<img src="{e["picture"]}" alt="{e["query"]}"></li>')
+    page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Ranked lists</title>"
+            "<style>body{font-family:sans-serif} img{max-width:100%}</style></head><body>\n"
+            f"<h1>Ranked lists: {len(everything)} queries</h1>\n<p>The same list as "
+            "<a href=\"index.csv\">index.csv</a>. Frames: green, same identity as the query; "
+            "red, another; grey, unknown.</p>\n<ol>\n" + "\n".join(items) +
+            "\n</ol>\n</body></html>\n")
+    with open(html_path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(page)
+    os.replace(html_path + ".tmp", html_path)
+    return html_path

@@ -166,11 +166,17 @@ def test_evaluator_leaves_out_undecodable_gallery_images():
 
 
 def test_ranked_lists_skip_undecodable_images_and_mark_identities(monkeypatch, tmp_path):
-    """TEST.VIS_TOPK pictures: the i-th drawn image is the i-th ranked decodable gallery image,
-    framed as correct exactly when its identity is the query's."""
+    """TEST.VIS_TOPK pictures: each query is drawn from the ranking of the decodable gallery
+    images (stable, as the metrics rank them), with their identities and its own."""
     import cpcl_plugin.visualization as vis
     drawn = []
-    monkeypatch.setattr(vis, "draw_ranked_list", lambda *args: drawn.append(args))
+
+    def fake_draw(caption, order, scores, image_paths, path, topk, gallery_ids, query_id):
+        drawn.append((caption, [image_paths[o] for o in order], scores,
+                      [gallery_ids[o] for o in order], query_id, topk))
+        return {"picture": path, "query": caption, "identity": query_id, "AP": "",
+                "first_true_match": "", "top1": ""}
+    monkeypatch.setattr(vis, "draw_query", fake_draw)
     q = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
     g = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
     qp, gp = torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2, 1, 0])
@@ -184,9 +190,25 @@ def test_ranked_lists_skip_undecodable_images_and_mark_identities(monkeypatch, t
     ev.evaluate()
     keep = [0, 1, 3, 4]
     assert [d[0] for d in drawn] == ["c0", "c1", "c2"]
-    for qi, (caption, paths, scores, correct, _) in enumerate(drawn):
+    for qi, (caption, paths, scores, ids, query_id, topk) in enumerate(drawn):
         sims = (q[qi] @ g[keep].t()).numpy()
         order = np.argsort(-sims, kind="stable")
-        assert paths == [f"img{keep[o]}.jpg" for o in order]
+        assert paths == [f"img{keep[o]}.jpg" for o in order]  # the whole ranking, for the AP
         assert np.allclose(scores, sims[order])
-        assert correct == [bool(gp[keep[o]] == qp[qi]) for o in order]
+        assert ids == [gp[keep[o]] for o in order] and query_id == qp[qi] and topk == 4
+    index = (tmp_path / "index.csv").read_text().splitlines()
+    assert len(index) == 4 and index[1].startswith("query_00000.png,c0,0")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_per_query_ap_of_the_pictures_averages_to_the_map(seed):
+    """The AP a ranked-list picture shows is the query's share of t2i_metrics' mAP, ties
+    included, and its first positive rank gives R1."""
+    from cpcl_plugin.evaluation.t2i_evaluation import average_precision, positive_ranks
+    sim, qp, gp = random_case(seed, levels=4)
+    ranks = [positive_ranks(np.argsort(-sim[i], kind="stable"), gp, qp[i]) for i in range(len(qp))]
+    expected = t2i_metrics(sim, qp, gp)
+    assert np.mean([average_precision(r) for r in ranks]) == pytest.approx(expected["mAP"])
+    assert 100 * np.mean([r[0] == 1 for r in ranks]) == pytest.approx(expected["R1"])
+    assert average_precision([]) is None
+    assert average_precision([2, 5]) == pytest.approx(100 * (1 / 2 + 2 / 5) / 2)

@@ -1,8 +1,11 @@
-"""tools/retrieve.py, tools/export_features.py, ranked-list pictures and TensorBoard events, on a
-model trained for one epoch of the tiny config."""
+"""tools/retrieve.py, tools/export_features.py, their progress lines, ranked-list pictures and
+TensorBoard events, on a model trained for one epoch of the tiny config."""
+import csv
 import importlib.util
+import logging
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +14,6 @@ from PIL import Image
 from conftest import REPO, TINY, run_tool, run_train_net
 from cpcl_plugin import CPCLTrainer, load_config
 from cpcl_plugin.data import build_dataset
-from cpcl_plugin.visualization import ranked_list_size
 
 
 @pytest.fixture(scope="module")
@@ -43,22 +45,34 @@ def test_retrieve_a_typed_query_on_the_test_split_and_reuse_the_index(trained, t
                                                                        data_root):
     opts, weights = trained
     caption = build_dataset(load_config(TINY, opts), "SyntheticPedes").split("test")[0].captions[0]
-    index = str(tmp_path / "gallery.npz")
+    index, pics = str(tmp_path / "gallery.npz"), str(tmp_path / "pics")
     proc = _retrieve("--config-file", TINY, "--query", caption, "--split", "test", "--topk", "3",
-                     "--save-index", index, "--output-dir", str(tmp_path / "pics"), *opts,
-                     "MODEL.WEIGHTS", weights)
+                     "--save-index", index, "--output-dir", pics, *opts, "MODEL.WEIGHTS", weights)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranked = _ranked(proc.stdout)
     assert len(ranked) == 3 and all(os.path.isfile(path) for _, path in ranked)
     assert proc.stdout.count("identity]") == 3  # the query is a split caption: identities known
-    picture = re.search(r"picture: (\S+)", proc.stdout).group(1)
-    with Image.open(picture) as im:
-        assert im.size == ranked_list_size(3)
+    assert re.search(r"identity \d+: AP \d+\.\d%, first true match at rank \d+", proc.stdout)
+    # Progress of the long steps on stderr (stdout keeps the results).
+    assert re.search(r"building the gallery index: encoding 8 images: 8/8 images in \d:\d\d:\d\d",
+                     proc.stderr), proc.stderr
+    assert "building the gallery index" not in proc.stdout
+    first = re.search(r"picture: (\S+)", proc.stdout).group(1)
 
     again = _retrieve("--config-file", TINY, "--query", caption, "--index", index, "--topk", "3",
-                      "--output-dir", str(tmp_path / "pics2"), *opts, "MODEL.WEIGHTS", weights)
+                      "--output-dir", pics, *opts, "MODEL.WEIGHTS", weights)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _ranked(again.stdout) == ranked
+    second = re.search(r"picture: (\S+)", again.stdout).group(1)
+    assert [os.path.basename(p) for p in (first, second)] == ["query_001.png", "query_002.png"]
+    for picture in (first, second):  # the second query left the first one's picture alone
+        with Image.open(picture) as im:
+            assert im.format == "PNG" and im.width > 300
+    with open(os.path.join(pics, "index.csv"), newline="") as f:
+        listed = list(csv.DictReader(f))
+    assert [r["picture"] for r in listed] == ["query_001.png", "query_002.png"]
+    assert listed[0]["AP"] and not listed[1]["AP"]  # --index without --query-id: identity unknown
+    assert "query_002.png" in open(os.path.join(pics, "index.html"), encoding="utf-8").read()
 
 
 def test_saved_index_ranks_like_a_fresh_one(trained, tmp_path):
@@ -86,7 +100,8 @@ def test_saved_index_ranks_like_a_fresh_one(trained, tmp_path):
         GalleryIndex.load(str(tmp_path / "g.npz"), other)
 
 
-@pytest.mark.parametrize("case", ["empty query", "no images", "mismatched checkpoint"])
+@pytest.mark.parametrize("case", ["empty query", "no images", "mismatched checkpoint",
+                                  "strict without folder"])
 def test_retrieve_bad_input_is_one_sentence(trained, tmp_path, capsys, case):
     opts, weights = trained
     (tmp_path / "empty").mkdir()
@@ -94,21 +109,66 @@ def test_retrieve_bad_input_is_one_sentence(trained, tmp_path, capsys, case):
     args = {"empty query": ["--query", "   ", "--split", "test"],
             "no images": ["--query", "a man", "--gallery-dir", str(tmp_path / "empty")],
             "mismatched checkpoint": ["--query", "a man", "--split", "test",
-                                      "MODEL.CLIP.CONTEXT_LENGTH", "32"]}[case]
+                                      "MODEL.CLIP.CONTEXT_LENGTH", "32"],
+            "strict without folder": ["--query", "a man", "--split", "test", "--strict"]}[case]
     expected = {"empty query": "Query 1 is empty",
                 "no images": f"Gallery folder {tmp_path / 'empty'} has no images",
                 "mismatched checkpoint": f"MODEL.WEIGHTS {weights} does not match the model this "
-                                         f"config builds"}[case]
-    code = _tool("retrieve").main(["--config-file", TINY, *args, *opts, "MODEL.WEIGHTS", weights])
+                                         f"config builds",
+                "strict without folder": "--strict applies to --gallery-dir only"}[case]
+    code = _tool("retrieve").main(["--config-file", TINY, *args, *opts, "MODEL.WEIGHTS", weights,
+                                   "--output-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith(f"error: {expected}") and "\n" not in err
+    # Log lines may come first (loading the model); the error is the last line, one sentence.
+    assert code == 2 and err.splitlines()[-1].startswith(f"error: {expected}"), err
+    assert "Traceback" not in err and err.count("error:") == 1
 
 
-def test_export_features(trained, tmp_path):
+def _photo_folder(tmp_path, opts):
+    """A --gallery-dir: three test images, one file that is not an image, one that is no image
+    at all (ignored)."""
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    records = build_dataset(load_config(TINY, opts), "SyntheticPedes").split("test")
+    for i, r in enumerate(records[:3]):
+        shutil.copy(r.image_path, folder / ("sub" if i else "") / f"person_{i}.jpg")
+    (folder / "broken.jpg").write_bytes(b"this is not a jpeg")
+    (folder / "notes.txt").write_text("ignored")
+    return folder, records[0].captions[0]
+
+
+def test_retrieve_skips_unreadable_gallery_files_with_one_warning_unless_strict(trained, tmp_path,
+                                                                                capsys):
+    opts, weights = trained
+    folder, caption = _photo_folder(tmp_path, opts)
+    base = ["--config-file", TINY, "--query", caption, "--gallery-dir", str(folder), "--topk", "5",
+            "--output-dir", str(tmp_path / "out"), *opts, "MODEL.WEIGHTS", weights]
+    assert _tool("retrieve").main(base) == 0
+    out, err = capsys.readouterr()
+    assert len(_ranked(out)) == 3 and "broken.jpg" not in out
+    warnings = [line for line in err.splitlines() if "warning:" in line]
+    assert len(warnings) == 1, err
+    assert f"Skipped 1 of 4 files in {folder} that cannot be read as images: " \
+           f"{folder / 'broken.jpg'} (UnidentifiedImageError" in warnings[0]
+    assert "Add --strict" in warnings[0] and "SKIP_BAD_IMAGES" not in err
+
+    assert _tool("retrieve").main(base + ["--strict"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: 1 of 4 files in {folder} cannot be read as images: "
+                          f"{folder / 'broken.jpg'} (UnidentifiedImageError")
+    # It names the way out that is not already taken.
+    assert err.endswith("run without --strict to skip them.") and "Add --strict" not in err
+
+
+def test_export_features(trained, tmp_path, capsys):
     opts, weights = trained
     out = str(tmp_path / "test.npz")
     assert _tool("export_features").main(["--config-file", TINY, "--split", "test", "--output",
                                           out, *opts, "MODEL.WEIGHTS", weights]) == 0
+    out_text, err = capsys.readouterr()
+    assert re.search(r"exporting SyntheticPedes test: encoding 16 captions and 8 images: "
+                     r"24/24 items in ", err), err
+    assert out_text.startswith("SyntheticPedes test: 8 images, 16 captions")
     data = np.load(out)
     records = build_dataset(load_config(TINY, opts), "SyntheticPedes").split("test")
     assert list(data["image_paths"]) == [r.image_path for r in records]
@@ -130,10 +190,15 @@ def test_ranked_list_pictures_from_evaluation(trained, tmp_path):
                                     "TEST.VIS_QUERIES", "3", "MODEL.WEIGHTS", weights])
     model = load_trained_model(cfg, "this test")
     CPCLTrainer.test(cfg, model)
-    pictures = sorted((tmp_path / "ranked_lists" / "SyntheticPedes").glob("query_*.png"))
+    folder = tmp_path / "ranked_lists" / "SyntheticPedes"
+    pictures = sorted(folder.glob("query_*.png"))
     assert len(pictures) == 3
-    with Image.open(pictures[0]) as im:
-        assert im.size == ranked_list_size(4)
+    with open(folder / "index.csv", newline="") as f:
+        listed = list(csv.DictReader(f))
+    assert [r["picture"] for r in listed] == [p.name for p in pictures]
+    for row in listed:  # split captions: identity, AP and first true match are known
+        assert row["identity"] and 0 < float(row["AP"]) <= 100 and int(row["first_true_match"]) >= 1
+    assert (folder / "index.html").is_file()
 
 
 def test_tensorboard_events(trained):
@@ -149,3 +214,29 @@ def test_tensorboard_events(trained):
     import json
     with open(os.path.join(os.path.dirname(weights), "metrics.json")) as f:
         assert any("Rank-1" in json.loads(line) for line in f)
+
+
+def test_progress_lines_come_at_a_bounded_rate_in_one_form(caplog):
+    from cpcl_plugin.utils.progress import Progress
+    now = [0.0]
+    with caplog.at_level(logging.INFO, logger="cpcl_plugin.progress"):
+        with Progress("encoding 5000 images", 5000, "images", clock=lambda: now[0]) as p:
+            for _ in range(5000):  # 0.01 s per image: 50 s in all
+                now[0] += 0.01
+                p.update()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "encoding 5000 images: 0/5000 images"
+    assert lines[1] == "encoding 5000 images: 500/5000 images (100 images/s, eta 0:00:45)"
+    assert lines[-1] == "encoding 5000 images: 5000/5000 images in 0:00:50 (100 images/s)"
+    assert len(lines) == 11  # start, nine tenths, end: not one line per update
+    caplog.clear()
+    now[0] = 0.0
+    with caplog.at_level(logging.INFO, logger="cpcl_plugin.progress"):
+        with Progress("clustering", 10, "images", clock=lambda: now[0]) as p:
+            now[0] += 65  # a slow first unit ...
+            p.update()
+            now[0] += 31  # ... and no tenth for more than MAX_INTERVAL: a line anyway
+            p.update(0)
+    assert [r.getMessage() for r in caplog.records][1:3] == [
+        "clustering: 1/10 images (0.0154 images/s, eta 0:09:45)",
+        "clustering: 1/10 images (0.0104 images/s, eta 0:14:24)"]

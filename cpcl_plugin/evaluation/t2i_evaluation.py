@@ -17,7 +17,10 @@ import torch
 from fastreid.evaluation.evaluator import DatasetEvaluator
 from fastreid.utils import comm
 
-__all__ = ["t2i_metrics", "TextImageEvaluator", "FeatureCollector", "gather_in_index_order"]
+from ..utils.progress import track
+
+__all__ = ["t2i_metrics", "TextImageEvaluator", "FeatureCollector", "gather_in_index_order",
+           "positive_ranks", "average_precision"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +89,9 @@ def t2i_metrics(similarity, query_pids, gallery_pids, ks=(1, 5, 10), chunk_eleme
     cmc_sum = np.zeros(max_rank)
     ap_sum = inp_sum = 0.0
     rows = max(1, chunk_elements // sim.shape[1])
-    for lo in range(0, len(queries), rows):
-        chunk = queries[lo:lo + rows]
+    chunks = [queries[lo:lo + rows] for lo in range(0, len(queries), rows)]
+    for chunk in track(chunks, f"ranking {len(queries)} queries against {sim.shape[1]} images",
+                       len(queries), "queries", count=len):
         n = num_pos[chunk]
         p = int(n.max())
         offsets = np.minimum(np.arange(p)[None, :], n[:, None] - 1)
@@ -108,6 +112,20 @@ def t2i_metrics(similarity, query_pids, gallery_pids, ks=(1, 5, 10), chunk_eleme
     out["mAP"] = 100.0 * ap_sum / num_valid
     out["mINP"] = 100.0 * inp_sum / num_valid
     return out
+
+
+def positive_ranks(order, gallery_pids, query_pid):
+    """1-based ranks, ascending, of the gallery items of identity `query_pid` in `order` (gallery
+    indices, best first; the whole gallery, or ranks past its end go unseen)."""
+    return np.flatnonzero(np.asarray(gallery_pids)[np.asarray(order)] == query_pid) + 1
+
+
+def average_precision(ranks):
+    """One query's AP in percent from the ascending 1-based ranks of all its positives, as
+    t2i_metrics averages it into mAP; None for a query without positives."""
+    if len(ranks) == 0:
+        return None
+    return 100.0 * float(np.mean(np.arange(1, len(ranks) + 1) / np.asarray(ranks, dtype=float)))
 
 
 def gather_in_index_order(predictions, all_ranks=False):
@@ -194,12 +212,20 @@ class TextImageEvaluator(DatasetEvaluator):
         return copy.deepcopy(results)
 
     def _draw(self, similarity, query_pids, gallery_pids, gallery):
-        from ..visualization import draw_ranked_list
+        """One picture per evenly spaced query (visualization.draw_query), and an index.html
+        listing them; file names follow the query's position, so each evaluation redraws the
+        same queries."""
+        from ..visualization import draw_query, write_picture_index
         dataset, topk, num, folder = self._ranked_lists
         queries = np.unique(np.linspace(0, len(query_pids) - 1, num).astype(int))
-        for q in queries:
-            top = np.argsort(-similarity[q], kind="stable")[:topk]
-            draw_ranked_list(dataset.captions[q], [dataset.image_paths[gallery[g]] for g in top],
-                             similarity[q, top], [bool(gallery_pids[g] == query_pids[q]) for g in top],
-                             os.path.join(folder, f"query_{q:05d}.png"))
-        logger.info(f"Ranked lists of {len(queries)} queries (top {topk}) written to {folder}")
+        image_paths = [dataset.image_paths[g] for g in gallery]
+        rows = []
+        for q in track(queries, f"drawing the ranked lists of {len(queries)} queries",
+                       unit="pictures"):
+            order = np.argsort(-similarity[q], kind="stable")  # as t2i_metrics ranks them
+            rows.append(draw_query(dataset.captions[q], order, similarity[q, order], image_paths,
+                                   os.path.join(folder, f"query_{q:05d}.png"), topk,
+                                   gallery_ids=gallery_pids, query_id=int(query_pids[q])))
+        index = write_picture_index(folder, rows, append=False)
+        logger.info(f"Ranked lists of {len(queries)} queries (top {topk}, ground truth, AP) "
+                    f"written to {folder}; open {index}")

@@ -3,6 +3,7 @@ feature-detected (it reports nothing to do once the problem is gone)."""
 import collections
 import importlib
 import logging
+import os
 import sys
 import warnings
 
@@ -109,3 +110,185 @@ def test_cuda_home_warning_is_quiet_on_cpu(caplog):
     with caplog.at_level(logging.WARNING):
         assert "PyTorch" in collect_env_info()
     assert not [r for r in caplog.records if "No CUDA runtime" in r.getMessage()]
+
+
+def _sgd_cfg():
+    from fastreid.config import get_cfg
+    cfg = get_cfg()
+    cfg.SOLVER.OPT = "SGD"
+    cfg.SOLVER.BASE_LR = 0.1
+    return cfg
+
+
+def test_contiguous_params_optimizer_updates_the_weights():
+    """FastReID's default build_optimizer (ContiguousParams) trains exactly like the plain one;
+    unpatched, torch >= 2 leaves the weights unchanged."""
+    from fastreid.solver import build_optimizer
+    weights = {}
+    for contiguous in (True, False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+        # DefaultTrainer's call (ContiguousParams), and the plain one
+        optimizer, _ = build_optimizer(_sgd_cfg(), model, **({} if contiguous else
+                                                              {"contiguous": False}))
+        start = model[0].weight.detach().clone()
+        for step in range(3):
+            x = torch.randn(8, 4, generator=torch.Generator().manual_seed(step))
+            optimizer.zero_grad()
+            model(x).pow(2).sum().backward()
+            optimizer.step()
+        assert not torch.equal(model[0].weight, start)
+        weights[contiguous] = model[0].weight.detach().clone()
+    assert torch.allclose(weights[True], weights[False], atol=1e-6)
+    assert compat._patch_contiguous_params() is False
+
+
+def test_amp_trainer_trains_a_cpu_model_in_float32(caplog):
+    from fastreid.engine.train_loop import AMPTrainer
+    from fastreid.solver import build_optimizer
+    from fastreid.utils.events import EventStorage
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 1)
+
+        def forward(self, batch):
+            return {"loss": (self.fc(batch["x"]) - batch["y"]).pow(2).mean()}
+
+    torch.manual_seed(0)
+    model = Model()
+    data = [{"x": torch.randn(8, 4), "y": torch.zeros(8, 1)}] * 3
+    optimizer, params = build_optimizer(_sgd_cfg(), model)
+    trainer = AMPTrainer(model, data, optimizer, params)
+    start = model.fc.weight.detach().clone()
+    with EventStorage(0) as storage, caplog.at_level(logging.WARNING):
+        for i in range(2):
+            storage.iter = trainer.iter = i
+            trainer.run_step()
+    assert not torch.equal(model.fc.weight, start)
+    assert model.fc.weight.dtype == torch.float32
+    assert [r for r in caplog.records if "trains in float32" in r.getMessage()]
+    assert compat._patch_amp_trainer() is False
+
+
+def test_default_trainers_ddp_takes_a_cpu_model(tmp_path):
+    import torch.distributed as dist
+    from fastreid.engine import defaults
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        # what DefaultTrainer.__init__ does when the world is larger than one process
+        ddp = defaults.DistributedDataParallel(torch.nn.Linear(3, 2), device_ids=[0])
+        ddp(torch.ones(4, 3)).sum().backward()
+        assert ddp.module.weight.grad is not None
+        assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
+    finally:
+        dist.destroy_process_group()
+    assert compat._patch_ddp_device_ids() is False
+
+
+def _market1501_reference(dist, q_pids, g_pids, q_cams, g_cams, ranks):
+    """CMC at `ranks`, mAP and mINP by the Market-1501 protocol, written out plainly."""
+    hits_at, aps, inps = [], [], []
+    for i in range(len(dist)):
+        order = np.argsort(dist[i], kind="stable")
+        keep = ~((g_pids[order] == q_pids[i]) & (g_cams[order] == q_cams[i]))
+        match = (g_pids[order] == q_pids[i])[keep]
+        if not match.any():
+            continue
+        pos = np.flatnonzero(match)
+        hits_at.append([pos[0] < k for k in ranks])
+        aps.append(np.mean([(n + 1) / (p + 1) for n, p in enumerate(pos)]))
+        inps.append(len(pos) / (pos[-1] + 1))
+    return np.mean(hits_at, axis=0), np.mean(aps), np.mean(inps)
+
+
+def test_python_rank_evaluation_handles_a_short_gallery():
+    """Fewer gallery items than max_rank, queries losing different numbers of same-camera items:
+    FastReID's Python evaluation raised (ragged CMC rows); it now equals a plain computation,
+    with the CMC flat at its last value past the end of a query's list."""
+    from fastreid.evaluation.rank import evaluate_rank
+    rng = np.random.default_rng(3)
+    q_pids, g_pids = np.array([1, 2, 3, 4]), np.array([1, 1, 1, 2, 2, 3, 3, 5, 5, 0, 0, 4])
+    q_cams, g_cams = np.zeros(4, int), np.array([0, 0, 1, 1, 0, 1, 1, 0, 1, 0, 1, 1])
+    dist = rng.random((4, 12)).astype(np.float32)
+    cmc, all_ap, all_inp = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, use_cython=False)
+    assert len(cmc) == 12 and np.all(np.diff(cmc) >= 0) and cmc[-1] == 1.0
+    ranks = (1, 2, 5, 9, 10, 12)
+    ref_cmc, ref_map, ref_minp = _market1501_reference(dist, q_pids, g_pids, q_cams, g_cams, ranks)
+    np.testing.assert_allclose([cmc[k - 1] for k in ranks], ref_cmc, atol=1e-6)
+    assert np.mean(all_ap) == pytest.approx(ref_map) and np.mean(all_inp) == pytest.approx(ref_minp)
+    assert compat._patch_rank_short_gallery() is False
+
+
+def test_python_rank_evaluation_is_fastreids_on_a_full_gallery():
+    """Where FastReID's own Python loop works (every list at least max_rank long), the patched
+    one gives its numbers exactly."""
+    import importlib.util
+    import fastreid
+    path = os.path.join(os.path.dirname(fastreid.__file__), "evaluation", "rank.py")
+    spec = importlib.util.spec_from_file_location("fastreid_rank_unpatched", path)
+    unpatched = importlib.util.module_from_spec(spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spec.loader.exec_module(unpatched)  # a fresh copy of FastReID's module, not rebound
+    rng = np.random.default_rng(0)
+    q_pids, g_pids = rng.integers(0, 20, 30), rng.integers(0, 20, 200)
+    q_cams, g_cams = rng.integers(0, 3, 30), rng.integers(0, 3, 200)
+    dist = rng.random((30, 200)).astype(np.float32)
+    ours = compat.eval_market1501(dist, q_pids, g_pids, q_cams, g_cams, 50)
+    theirs = unpatched.eval_market1501(dist, q_pids, g_pids, q_cams, g_cams, 50)
+    assert np.array_equal(ours[0], theirs[0])
+    assert np.array_equal(ours[1], theirs[1]) and np.array_equal(ours[2], theirs[2])
+    assert compat._short_gallery_breaks(unpatched.eval_market1501)
+
+
+def test_rerank_jaccard_distance_runs_on_cpu():
+    if "jaccard_cpu" not in compat.applied():
+        pytest.skip("CUDA and faiss-GPU are here: FastReID's GPU search is used")
+    from fastreid.utils.compute_dist import build_dist, compute_jaccard_distance
+    torch.manual_seed(0)
+    q, g = torch.randn(5, 8), torch.randn(9, 8)
+    dist = build_dist(q, g, metric="jaccard", k1=4, k2=2)  # ReidEvaluator's TEST.RERANK call
+    full = compute_jaccard_distance(torch.cat([q, g]), k1=4, k2=2, search_option=3)
+    assert dist.shape == (5, 9) and np.array_equal(dist, full[:5, 5:])
+    assert ((dist >= 0) & (dist <= 1)).all()
+    assert compat._patch_jaccard_cpu() is False
+
+
+def test_verify_results_raises_instead_of_exiting():
+    from fastreid.config import get_cfg
+    from fastreid.evaluation import verify_results
+    cfg = get_cfg()
+    cfg.TEST.EXPECTED_RESULTS = [["Market1501", "mAP", 80.0, 1.0]]
+    assert verify_results(cfg, {"Market1501": {"mAP": 80.5}}) is True
+    with pytest.raises(compat.ResultsVerificationError):
+        verify_results(cfg, {"Market1501": {"mAP": 50.0}})
+    assert compat._patch_verify_results() is False
+
+
+def test_environment_table_shows_the_installed_fastreid():
+    from importlib.metadata import version
+    import fastreid
+    from fastreid.utils.collect_env import collect_env_info
+    assert fastreid.__version__ == version("fastreid")
+    row = next(line for line in collect_env_info().splitlines() if line.startswith("fastreid"))
+    assert row.split()[1] == version("fastreid")
+    assert compat._patch_fastreid_version() is False
+
+
+def test_metric_printer_written_twice_at_one_iteration_prints_once(caplog):
+    """PeriodicWriter writes after a step and after the epoch; with one-iteration epochs that is
+    the same iteration, where FastReID's printer divided by zero."""
+    from fastreid.utils.events import CommonMetricPrinter, EventStorage
+    printer = CommonMetricPrinter(max_iter=10)
+    with caplog.at_level("INFO", logger="fastreid.utils.events"), EventStorage(0) as storage:
+        storage.epoch = 0
+        storage.put_scalar("lr", 0.1)
+        printer.write()
+        printer.write()
+        storage.iter = 1
+        printer.write()
+    assert [r.getMessage().count("epoch/iter") for r in caplog.records] == [1, 1]
+    assert compat._patch_metric_printer() is False

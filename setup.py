@@ -29,7 +29,7 @@ setup(
         "tensorboard",
         "termcolor",
         "numpy",
-        "pillow",
+        "pillow>=10.1",  # Image.has_transparency_data, ImageFont.load_default(size)
     ],
     extras_require={
         "gpu": ["faiss-gpu"],

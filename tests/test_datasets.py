@@ -338,7 +338,7 @@ def test_checkpoint_selected_on_val_and_reported_on_test(tmp_path, data_root):
     log = proc.stdout + proc.stderr
     table = log[log.rindex("Text-to-image results:"):]
     best = torch.load(out / "model_best.pth", map_location="cpu", weights_only=False)
-    label = f"best on SyntheticPedes:val (epoch {best['epoch'] + 1})"
+    label = f"best on SyntheticPedes:val (epoch {best['epoch']})"  # 0-based, as model_0000.pth
     rows = [line for line in table.splitlines() if line.startswith(f"| {label}")]
     assert [r.split("|")[2].strip() for r in rows] == ["SyntheticPedes:val", "SyntheticPedes:test"]
     # Those rows are model_best's numbers: evaluate it here and compare.

@@ -122,8 +122,10 @@ def test_resume_continues_from_the_last_checkpoint(full_run, data_root, tmp_path
     assert proc.returncode == 0, text[-3000:]
     assert "Starting training from epoch 2" in text
     assert (resumed / "model_final.pth").exists()
-    # The resumed run ends exactly where the uninterrupted one did.
-    assert _digests(text)["0"] == _digests(log)["0"]
+    # The resumed run ends exactly where the uninterrupted one did: weights and metrics.
+    assert _digests((resumed / "log.txt").read_text()) == _digests((out / "log.txt").read_text())
+    assert _last_results_row(text) == _last_results_row(log)
+    assert "Final parameter digest" not in proc.stdout  # DEBUG: log.txt only
 
 
 def test_resuming_a_finished_run_says_so(full_run, data_root):

@@ -9,6 +9,7 @@
 DATASETS.TESTS entries may name a split ("CUHKPEDES:val"); with several, model_best is chosen
 on the first one and, after training, evaluated on all of them.
 """
+import argparse
 import logging
 import os
 import sys
@@ -18,7 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cpcl_plugin import CPCLTrainer, ConfigError, DatasetError, load_config  # noqa: E402
 from cpcl_plugin.config import check_batch_split, check_config, check_schedule  # noqa: E402
 from cpcl_plugin.data import build_dataset, parse_test_name  # noqa: E402
-from cpcl_plugin.engine.checkpoint import load_model_weights, load_trained_model  # noqa: E402
+from cpcl_plugin.engine.trainer import TrainingDiverged  # noqa: E402
+from cpcl_plugin.engine.checkpoint import (check_checkpoint_path, load_model_weights,  # noqa: E402
+                                           load_trained_model)
 from cpcl_plugin.modeling.pretrained import ensure_pretrained_weights  # noqa: E402
 from fastreid.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from fastreid.utils import comm  # noqa: E402
@@ -35,6 +38,11 @@ def setup(args):
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cpcl_plugin",
                  abbrev_name="cpcl")
+    # The console shows INFO and above; log.txt keeps DEBUG too (digests for comparing runs).
+    for name in ("fastreid", "cpcl_plugin"):
+        for handler in logging.getLogger(name).handlers:
+            if getattr(handler, "stream", None) is sys.stdout:
+                handler.setLevel(logging.INFO)
     if cfg.SEED >= 0:
         seed_all_rng(cfg.SEED + comm.get_rank())
     return cfg
@@ -77,6 +85,10 @@ def main(args):
                         "identity labels, which training never reads):\n%s",
                         pseudo_label_table(history))
         logger.info("Text-to-image results:\n%s", results_table(rows, cfg.DATASETS.TESTS))
+        best = os.path.join(cfg.OUTPUT_DIR, "model_best.pth")
+        if os.path.isfile(best):
+            logger.info(f"Best checkpoint by {cfg.DATASETS.TESTS[0]}'s metric: {best}; the last: "
+                        f"{os.path.join(cfg.OUTPUT_DIR, 'model_final.pth')}")
     return results
 
 
@@ -112,16 +124,20 @@ def evaluate_selected_checkpoint(cfg, model):
                            f"between the machines): evaluate it with --eval-only MODEL.WEIGHTS.")
         return []
     extra = load_model_weights(model, path)
-    label = f"best on {cfg.DATASETS.TESTS[0]} (epoch {int(extra.get('epoch', -1)) + 1})"
+    # Epochs count from 0, as in FastReID's log and checkpoint names (model_0000.pth: epoch 0).
+    label = f"best on {cfg.DATASETS.TESTS[0]} (epoch {int(extra.get('epoch', -1))})"
+
     return [(label, CPCLTrainer.test(cfg, model))]
 
 
 def preflight(args):
     """Check datasets, config and weights in the launching process, so that mistakes end with
     one sentence before any worker starts (and the synthetic data are generated only once).
-    Datasets come first: without them nothing else matters, and their message says how to get
-    them."""
+    The config's values come first, every problem in one message (they decide which data are
+    read or generated); then the datasets, whose message says how to get them; then whether this
+    machine can run the config (a GPU config on a CPU machine)."""
     cfg = load_config(args.config_file, args.opts, check=False)
+    check_config(cfg, machine=False)
     datasets, num_pairs = {}, 0
     for name in cfg.DATASETS.NAMES:
         datasets[name] = build_dataset(cfg, name)
@@ -134,8 +150,8 @@ def preflight(args):
     check_config(cfg)
     if args.eval_only and not cfg.MODEL.WEIGHTS:
         raise ConfigError("--eval-only needs a checkpoint: add MODEL.WEIGHTS path/to/model.pth.")
-    if cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
-        raise ConfigError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} does not exist.")
+    if cfg.MODEL.WEIGHTS:  # absent, a folder or an empty file: one sentence
+        check_checkpoint_path(cfg.MODEL.WEIGHTS)
     world_size = args.num_gpus * args.num_machines
     batch = check_batch_split(cfg, world_size) * world_size
     if num_pairs < batch:
@@ -154,13 +170,67 @@ def worker(args):
     its one sentence (exit status 2) rather than a traceback."""
     try:
         return main(args)
-    except (ConfigError, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ConfigError, DatasetError, TrainingDiverged) as err:
+        where = f" (rank {comm.get_rank()})" if comm.get_world_size() > 1 else ""
+        print(f"error{where}: {err}", file=sys.stderr)
         sys.exit(2)
 
 
+def argument_parser():
+    """FastReID's launcher options (the same names and defaults), each with a sentence."""
+    parser = argparse.ArgumentParser(
+        description="Train CPCL, or evaluate a trained model, with FastReID's trainer and "
+                    "launcher. Flags may come before or after the KEY VALUE overrides.")
+    parser.add_argument("--config-file", default="", metavar="FILE",
+                        help="YAML config to train or evaluate, e.g. configs/CPCL/synthetic.yml "
+                             "(required).")
+    parser.add_argument("--resume", action="store_true",
+                        help="Continue from OUTPUT_DIR's last checkpoint (its last_checkpoint "
+                             "file) instead of starting from MODEL.WEIGHTS (default: off).")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="Only evaluate the checkpoint in MODEL.WEIGHTS on DATASETS.TESTS "
+                             "(default: off).")
+    parser.add_argument("--num-gpus", type=int, default=1,
+                        help="Processes to start on this machine, one per GPU (on CPU: gloo "
+                             "processes; default: %(default)s).")
+    parser.add_argument("--num-machines", type=int, default=1,
+                        help="Machines taking part in the run (default: %(default)s).")
+    parser.add_argument("--machine-rank", type=int, default=0,
+                        help="This machine's rank among --num-machines, from 0 (default: "
+                             "%(default)s).")
+    parser.add_argument("--dist-url", default=default_argument_parser().get_default("dist_url"),
+                        help="Address where the processes meet; 'auto' picks a free local port "
+                             "(single machine; default: %(default)s).")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="Config overrides, e.g. SOLVER.MAX_EPOCH 10 OUTPUT_DIR logs/run2.")
+    return parser
+
+
+def parse_args(argv=None):
+    """The command line, with flags accepted after the KEY VALUE overrides too (argparse would
+    take a trailing --resume as an override)."""
+    parser = argument_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    overrides, moved, i = [], [], 0
+    while i < len(args.opts):
+        token = args.opts[i]
+        action = parser._option_string_actions.get(token.split("=", 1)[0])
+        if action is None or token in ("-h", "--help"):
+            overrides.append(token)
+            i += 1
+            continue
+        takes_value = action.nargs != 0 and "=" not in token
+        moved += args.opts[i:i + 1 + takes_value]
+        i += 1 + takes_value
+    if not moved:
+        return args
+    head = argv[:len(argv) - len(args.opts)]
+    return parser.parse_args(head + moved + overrides)
+
+
 def cli(argv=None):
-    args = default_argument_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         cfg = preflight(args)
     except (ConfigError, DatasetError) as err:
@@ -173,8 +243,15 @@ def cli(argv=None):
                machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
     except SystemExit as exit_:  # the single-process case: worker() already said why
         return exit_.code
-    except ProcessExitedException as err:  # a launched worker exited; it said why on stderr
-        return err.exit_code
+    except ProcessExitedException as err:  # a launched worker exited; the launcher stopped the rest
+        if err.exit_code != 2:  # 2: the worker has already said why, naming its rank
+            rank = args.machine_rank * args.num_gpus + err.error_index
+            how = f"was killed by {err.signal_name}" if err.signal_name else \
+                f"exited with status {err.exit_code}"
+            log = os.path.join(cfg.OUTPUT_DIR, "log.txt" + (f".rank{rank}" if rank else ""))
+            print(f"error: the process of rank {rank} (pid {err.error_pid}) {how}; the other "
+                  f"processes were stopped. Its log: {log}.", file=sys.stderr)
+        return err.exit_code if err.exit_code > 0 else 128 - err.exit_code
     return 0
 
 

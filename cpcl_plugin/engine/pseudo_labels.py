@@ -22,6 +22,7 @@ from ..clustering import cluster, cooccurrence, mine_outliers, prototypes, pseud
 from ..data.build import build_feature_loader, flatten_pairs
 from ..data.datasets import build_dataset
 from ..evaluation.features import extract_features
+from ..utils.progress import Progress
 
 __all__ = ["PseudoLabelHook", "unwrap", "clustering_settings"]
 
@@ -93,8 +94,15 @@ class PseudoLabelHook(HookBase):
         (DATASETS.SKIP_BAD_IMAGES) are outliers, never clustered nor mined."""
         p, kwargs = self.cfg.PSEUDO, clustering_settings(self.cfg)
         y_v = np.full(len(image_f), -1, dtype=np.int64)
-        y_v[image_valid] = cluster(image_f[image_valid], **kwargs)
-        y_t = cluster(text_f, **kwargs)
+        n_v = int(image_valid.sum())
+        # Progress in the form of every long step (start and end lines; cluster() is one call).
+        with Progress(f"clustering {n_v} images", n_v, unit="images") as progress:
+            y_v[image_valid] = cluster(image_f[image_valid], **kwargs)
+            progress.update(n_v)
+        n_t = len(text_f)
+        with Progress(f"clustering {n_t} captions", n_t, unit="captions") as progress:
+            y_t = cluster(text_f, **kwargs)
+            progress.update(n_t)
         stats = {"skipped_images": int((~image_valid).sum()),
                  "image_clusters": int(y_v.max(initial=-1) + 1), "image_outliers": int((y_v < 0).sum()),
                  "text_clusters": int(y_t.max(initial=-1) + 1), "text_outliers": int((y_t < 0).sum()),
@@ -122,8 +130,8 @@ class PseudoLabelHook(HookBase):
     def after_epoch(self):
         memory = unwrap(self.trainer.model).memory
         if memory.ready:  # after the epoch's momentum updates; equal on every rank
-            logger.info(f"Memory digest after epoch {self.trainer.epoch} (rank {comm.get_rank()}): "
-                        f"{_memory_digest(memory)}")
+            logger.debug(f"Memory digest after epoch {self.trainer.epoch} (rank {comm.get_rank()}): "
+                         f"{_memory_digest(memory)}")
 
     # -- reporting ------------------------------------------------------------------------------
     def _monitoring_identities(self):
@@ -139,9 +147,9 @@ class PseudoLabelHook(HookBase):
 
     def _report(self, stats):
         epoch = self.trainer.epoch
-        logger.info(f"Pseudo-label digest (rank {comm.get_rank()}, epoch {epoch}): "
-                    f"{_digest(self.image_labels, self.text_labels)} memory "
-                    f"{_memory_digest(unwrap(self.trainer.model).memory)}")
+        logger.debug(f"Pseudo-label digest (rank {comm.get_rank()}, epoch {epoch}): "
+                     f"{_digest(self.image_labels, self.text_labels)} memory "
+                     f"{_memory_digest(unwrap(self.trainer.model).memory)}")
         if not comm.is_main_process():
             return
         line = (f"Epoch {epoch} pseudo labels ({stats['seconds']:.1f} s): images "

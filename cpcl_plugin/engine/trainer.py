@@ -19,10 +19,12 @@ Everything else (resume, hooks, LR schedule, evaluation loop, writers) is FastRe
 import logging
 import os
 import time
+from collections import OrderedDict
 
 import torch
 from fastreid.engine import DefaultTrainer, hooks
 from fastreid.engine.train_loop import SimpleTrainer, TrainerBase
+from fastreid.evaluation.testing import flatten_results_dict, print_csv_format
 from fastreid.solver import build_optimizer
 from fastreid.utils import comm
 from fastreid.utils.events import CommonMetricPrinter
@@ -32,15 +34,24 @@ from ..compat import writer_classes
 from ..config import ConfigError, check_schedule
 from ..data.datasets import DatasetError
 from ..data.build import build_text_image_test_loader, build_text_image_train_loader
+from ..evaluation.features import run_inference
 from ..evaluation.t2i_evaluation import TextImageEvaluator
-from .checkpoint import AtomicCheckpointer, parameter_digest
+from .checkpoint import (AtomicCheckpointer, load_model_weights, parameter_digest,
+                         remove_interrupted_writes)
 from .schedule import WarmupCosineLR
 from .pseudo_labels import PseudoLabelHook, unwrap
 from .random_state import RandomStates
 
-__all__ = ["CPCLTrainer", "EvalBeforeTrain"]
+__all__ = ["CPCLTrainer", "EvalBeforeTrain", "TrainingDiverged"]
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the learnable temperature stopped being finite; the message says where, which
+    checkpoint is the last good one, and what to lower."""
+
+    one_sentence = True  # printed as its message alone (see compat: one_sentence_errors)
 
 
 class CPCLTrainer(DefaultTrainer):
@@ -54,6 +65,7 @@ class CPCLTrainer(DefaultTrainer):
         self.cfg = cfg
         if comm.is_main_process() and cfg.OUTPUT_DIR:
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+            remove_interrupted_writes(cfg.OUTPUT_DIR)
         data_loader = self.build_train_loader(cfg)
         model = self.build_model(cfg)
         optimizer, _ = self.build_optimizer(cfg, model)
@@ -122,6 +134,23 @@ class CPCLTrainer(DefaultTrainer):
                                   dataset_name.replace(":", "_"))
             ranked_lists = (data_loader.dataset, cfg.TEST.VIS_TOPK, cfg.TEST.VIS_QUERIES, folder)
         return data_loader, TextImageEvaluator(num_query, ranked_lists)
+
+    @classmethod
+    def test(cls, cfg, model):
+        """FastReID's test loop over DATASETS.TESTS, whose pass names what it encodes ("evaluating
+        SyntheticPedes: 400 captions, then 400 images") and logs its progress."""
+        results = OrderedDict()
+        for dataset_name in cfg.DATASETS.TESTS:
+            data_loader, evaluator = cls.build_evaluator(cfg, dataset_name)
+            num_captions = data_loader.dataset.num_query
+            step = (f"evaluating {dataset_name}: {num_captions} captions, then "
+                    f"{len(data_loader.dataset) - num_captions} images")
+            results[dataset_name] = run_inference(model, data_loader, evaluator, step,
+                                                  flip_test=cfg.TEST.FLIP.ENABLED)
+            if comm.is_main_process():
+                logger.info(f"Evaluation results for {dataset_name}:")
+                print_csv_format(OrderedDict(results[dataset_name], dataset=dataset_name))
+        return results[cfg.DATASETS.TESTS[0]] if len(results) == 1 else results
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -198,6 +227,13 @@ class CPCLTrainer(DefaultTrainer):
 
     def after_epoch(self):
         self._epoch_iter = None
+        # The epoch's last step may have broken the weights: stop before they are checkpointed.
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise TrainingDiverged(
+                f"Training diverged: the weights became NaN or infinite at iteration "
+                f"{self.iter - 1} (epoch {self.epoch}); the last good checkpoint is "
+                f"{self.checkpointer.get_checkpoint_file() or 'none (none was written yet)'}. "
+                f"Lower SOLVER.BASE_LR (now {self.cfg.SOLVER.BASE_LR:g}).")
         if self.cfg.DATASETS.SKIP_BAD_IMAGES:
             skipped = sum(comm.all_gather(self.skipped_pairs)) if comm.get_world_size() > 1 \
                 else self.skipped_pairs
@@ -216,25 +252,62 @@ class CPCLTrainer(DefaultTrainer):
                             enabled=self._amp_dtype is not None):
             loss_dict = self.model(data)
         losses = sum(loss_dict.values())
+        self._stop_if_diverged(losses)
         self.optimizer.zero_grad()
         if self._grad_scaler is not None:  # float16: scaled so small gradients do not vanish
             self._grad_scaler.scale(losses).backward()
-            SimpleTrainer._write_metrics(self, loss_dict, data_time)
+            self._write_metrics(loss_dict, data_time)
             self._grad_scaler.step(self.optimizer)
             self._grad_scaler.update()
         else:
             losses.backward()
-            SimpleTrainer._write_metrics(self, loss_dict, data_time)
+            self._write_metrics(loss_dict, data_time)
             self.optimizer.step()
         if (self.iter + 1) % self.cfg.SOLVER.LOG_PERIOD == 0 or self.iter == self.max_iter - 1:
             # Only when PeriodicWriter writes: .item() waits for the GPU.
-            self.storage.put_scalar("temperature", 1.0 / unwrap(self.model).logit_scale.item(),
+            scale = unwrap(self.model).logit_scale.item()  # 0 after a diverged step: stopped next
+            self.storage.put_scalar("temperature", 1.0 / scale if scale > 0 else float("inf"),
                                     smoothing_hint=False)
         # After the step, as in cluster-contrast: the memory moves towards this batch's features.
         unwrap(self.model).memory.commit(self.cfg.MODEL.CPCL.MEMORY_MOMENTUM)
 
+    def _write_metrics(self, loss_dict, data_time):
+        """SimpleTrainer's metrics, plus the single loss by its name: FastReID writes the terms
+        only when there are several, so loss_itc was missing until the prototype losses began."""
+        SimpleTrainer._write_metrics(self, loss_dict, data_time)
+        if len(loss_dict) == 1 and comm.is_main_process():
+            (name,) = loss_dict
+            self.storage.put_scalar(name, self.storage.history("total_loss").latest())
+
+    def _stop_if_diverged(self, losses):
+        """Stop, before this step changes any weight, when the loss is NaN or infinite or the
+        learnable temperature has become infinite (logit scale 0): every later step would train
+        on garbage, and no checkpoint of it must be written."""
+        scale = unwrap(self.model).logit_scale.detach()
+        if bool(torch.isfinite(losses.detach()) & (scale > 0) & torch.isfinite(scale)):
+            return  # one device sync, as the metric writer's .item() calls make anyway
+        what = (f"the loss became {float(losses.detach())}" if not torch.isfinite(losses.detach())
+                else f"the learnable temperature became infinite (logit scale {float(scale)})")
+        last = self.checkpointer.get_checkpoint_file()
+        lr = max(group["lr"] for group in self.optimizer.param_groups)
+        raise TrainingDiverged(
+            f"Training diverged: {what} at iteration {self.iter} (epoch {self.epoch}, learning "
+            f"rate {lr:.3g}); "
+            + (f"the last good checkpoint is {last}" if last else "no checkpoint was written yet")
+            + f". Lower SOLVER.BASE_LR (now {self.cfg.SOLVER.BASE_LR:g})"
+            + (" or fix the temperature (MODEL.CPCL.LEARN_TEMPERATURE False)"
+               if self.cfg.MODEL.CPCL.LEARN_TEMPERATURE else "") + ".")
+
     def resume_or_load(self, resume=True):
-        super().resume_or_load(resume=resume)
+        """FastReID's resume from OUTPUT_DIR's last checkpoint; otherwise MODEL.WEIGHTS, loaded
+        strictly (FastReID only warns about tensors that do not fit, and trains a half-random
+        model) unless MODEL.WEIGHTS_PARTIAL asks for the tensors that fit."""
+        if resume and self.checkpointer.has_checkpoint():
+            super().resume_or_load(resume=True)
+        elif self.cfg.MODEL.WEIGHTS:
+            logger.info(f"Initialising the model from MODEL.WEIGHTS {self.cfg.MODEL.WEIGHTS}")
+            load_model_weights(self.model, self.cfg.MODEL.WEIGHTS,
+                               partial=self.cfg.MODEL.WEIGHTS_PARTIAL)
         if resume:
             self._restore_best_metric()
         if self.start_epoch >= self.max_epoch:
@@ -253,13 +326,14 @@ class CPCLTrainer(DefaultTrainer):
             return
         best = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
         periodic[0].best_metric = float(best.get("metric", -1))
-        logger.info(f"Resumed: model_best.pth (epoch {int(best.get('epoch', -1)) + 1}) has metric "
+        logger.info(f"Resumed: {path} (epoch {int(best.get('epoch', -1))}) has metric "
                     f"{periodic[0].best_metric:.2f}; a checkpoint must beat it to replace it.")
 
     def train(self):
         results = super().train()
-        logger.info(f"Final parameter digest (rank {comm.get_rank()}): "
-                    f"{parameter_digest(self.model)}")
+        # For comparing runs and ranks (tests read it from log.txt); not for the console.
+        logger.debug(f"Final parameter digest (rank {comm.get_rank()}): "
+                     f"{parameter_digest(self.model)}")
         return results
 
 
@@ -270,7 +344,11 @@ class EvalBeforeTrain(hooks.HookBase):
         if self.trainer.start_epoch > 0:
             return  # resumed: the model is not the untrained one
         logger.info("Evaluating the model before training")
-        self.trainer.initial_eval_results = self.trainer.test(self.trainer.cfg, self.trainer.model)
+        results = self.trainer.test(self.trainer.cfg, self.trainer.model)
+        self.trainer.initial_eval_results = results
+        # At iteration 0 of the metric curves (TensorBoard, metrics.json), as EvalHook puts later
+        # evaluations at theirs.
+        self.trainer.storage.put_scalars(**flatten_results_dict(results), smoothing_hint=False)
         comm.synchronize()
 
 

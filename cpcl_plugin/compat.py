@@ -61,6 +61,11 @@ DefaultTrainer's train -> evaluate -> checkpoint path (``Baseline``, ``NaiveIden
 - ``verify_results_raises``: ``verify_results`` (``TEST.EXPECTED_RESULTS``) calls ``sys.exit(1)``
   when a result is off; it raises `ResultsVerificationError` instead (a script still exits
   non-zero; a caller can catch it).
+- ``metric_printer_once_per_iteration``: ``PeriodicWriter`` writes after each step and again after
+  each epoch; when both fall on one iteration before ``IterationTimer`` has timed any (epochs of
+  one or two iterations), ``CommonMetricPrinter``'s ETA estimate divides by zero and ends the run
+  after its last checkpoint, without results. The printer prints once per iteration (FastReID's
+  bug on any stack, patched because both trainers, FastReID's and the plugin's, hit it).
 - ``fastreid_version``: the PyPI 1.4.0 package still says ``__version__ = "1.3"``, which
   ``default_setup``'s environment table prints; it is set from the installed metadata.
 
@@ -77,12 +82,6 @@ Left as they are (they work, or are FastReID's own limits rather than today's st
 ``pin_memory=True`` without an accelerator (a warning); ``NaiveIdentitySampler``, which loops
 forever with fewer identities than a batch needs; RegNet's ``load_cfg_fom_args``, a command-line
 helper that no trainer calls, which exits when given no arguments.
-
-- ``metric_printer_once_per_iteration``: ``PeriodicWriter`` writes after each step and again after
-  each epoch; when both fall on one iteration before ``IterationTimer`` has timed any (epochs of
-  one or two iterations), ``CommonMetricPrinter``'s ETA estimate divides by zero and ends the run
-  after its last checkpoint, without results. The printer prints once per iteration. (FastReID's
-  bug on any stack, patched here because both trainers, FastReID's and the plugin's, hit it.)
 """
 import collections
 import collections.abc

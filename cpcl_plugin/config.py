@@ -147,7 +147,7 @@ def add_cpcl_config(cfg):
     _C.DATASETS.TEXT_IMAGE_JSON.SPLIT_KEY = "split"
     _C.DATASETS.TEXT_IMAGE_JSON.CAPTIONS_KEY = "captions"
     # The embedded synthetic dataset (DATASETS.NAMES = ("SyntheticPedes",)), generated on first use
-    # into DATASETS.ROOT/SyntheticPedes-<hash of these settings>.
+    # into DATASETS.ROOT/SyntheticPedes/SyntheticPedes-<hash of these settings>.
     _C.DATASETS.SYNTHETIC = CN()
     # Identities per split (disjoint between splits).
     _C.DATASETS.SYNTHETIC.NUM_TRAIN_IDS = 1000
@@ -423,12 +423,14 @@ def _problem_list(problems):
         f"  - {p}" for p in problems)
 
 
-def load_config(config_file="", opts=None, check=True):
+def load_config(config_file="", opts=None, check=True, more_problems=None):
     """Build the full config: FastReID's defaults, the plugin's keys, the file, then `opts`.
 
     Raises `ConfigError` naming the file, the key and the value when something is wrong, every
     problem at once; `check=False` leaves `check_config` (device, values, combinations) to the
     caller. An integer is accepted where a float is declared (yacs alone refuses PSEUDO.EPS 1).
+    `more_problems(cfg)`, when given, returns a caller's own problems (one sentence each) to
+    report in the same message.
     """
     cfg = get_cfg()
     add_cpcl_config(cfg)
@@ -446,21 +448,21 @@ def load_config(config_file="", opts=None, check=True):
             raise ConfigError(f"Bad value {where}: {err}") from None
     if check:
         problems += config_problems(cfg)
+        problems += more_problems(cfg) if more_problems else []
     if problems:
         raise ConfigError(_problem_list(problems))
     cfg.freeze()
     return cfg
 
 
-def check_config(cfg, machine=True):
-    """Raise one ConfigError listing every problem `config_problems` finds; `machine=False`
-    leaves out whether this machine can run it (MODEL.DEVICE cuda without a GPU)."""
-    problems = config_problems(cfg, machine)
+def check_config(cfg):
+    """Raise one ConfigError listing every problem `config_problems` finds."""
+    problems = config_problems(cfg)
     if problems:
         raise ConfigError(_problem_list(problems))
 
 
-def config_problems(cfg, machine=True):
+def config_problems(cfg):
     """Every value out of its range and every combination that would otherwise fail deep inside
     training, one sentence each (empty when the config is fine)."""
     import torch
@@ -471,7 +473,7 @@ def config_problems(cfg, machine=True):
     from .compat import registry_names
     from .data.synthetic import DOMAINS
     problems = []
-    if machine and str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
+    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
         problems.append(f"MODEL.DEVICE is {cfg.MODEL.DEVICE} but this machine has no CUDA "
                         f"device; add MODEL.DEVICE cpu to the command line.")
     for key, rule in RANGES.items():
@@ -532,9 +534,9 @@ def config_problems(cfg, machine=True):
 def check_schedule(cfg, iters_per_epoch):
     """The cosine schedule (stepped per iteration, engine/schedule.py) starts after the warm-up and
     SOLVER.DELAY_EPOCHS; at least one iteration must be left for it."""
+    from .engine.schedule import cosine_start
     max_iter = cfg.SOLVER.MAX_EPOCH * iters_per_epoch
-    cosine_start = max(cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.DELAY_EPOCHS * iters_per_epoch)
-    if cfg.SOLVER.SCHED == "CosineAnnealingLR" and cosine_start >= max_iter:
+    if cfg.SOLVER.SCHED == "CosineAnnealingLR" and cosine_start(cfg, iters_per_epoch) >= max_iter:
         raise ConfigError(
             f"SOLVER.WARMUP_ITERS {cfg.SOLVER.WARMUP_ITERS} and SOLVER.DELAY_EPOCHS "
             f"{cfg.SOLVER.DELAY_EPOCHS} leave no iteration for the cosine schedule within "

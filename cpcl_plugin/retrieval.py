@@ -13,10 +13,9 @@ import zipfile
 from contextlib import nullcontext
 
 import numpy as np
-from PIL import Image
 
 from .config import ConfigError
-from .data.datasets import DatasetError
+from .data.datasets import DatasetError, load_image
 from .engine.checkpoint import parameter_digest, write_atomically
 from .evaluation.features import encode_captions_and_images
 from .utils.progress import quiet_logger
@@ -56,12 +55,12 @@ def encode_queries(cfg, model, queries):
 
 
 def _why_unreadable(path):
-    """The reason PIL gives for not decoding `path`, for the list of skipped files."""
+    """Why load_image refuses `path` (the reason in its message), for the list of skipped
+    files."""
     try:
-        with Image.open(path) as image:
-            image.convert("RGB")
-    except Exception as err:  # any failure is the answer here, not a crash
-        return f"{type(err).__name__}: {err}"
+        load_image(path)
+    except DatasetError as err:
+        return getattr(err, "reason", str(err))
     return "could not be decoded"
 
 

@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from .data.datasets import DatasetError, load_image
 from .evaluation.t2i_evaluation import average_precision, positive_ranks
 
 __all__ = ["Tile", "draw_ranked_list", "draw_query", "wrap_text", "font", "label_font_size",
@@ -114,11 +115,11 @@ def tile_lines(tile, f, width, ground_truth=False):
 
 
 def _thumbnail(path, size):
-    """The image fitted into `size` without distortion (padded), or a grey box if unreadable."""
+    """The image as the model reads it (load_image: EXIF orientation, every PIL mode as 8-bit
+    RGB), fitted into `size` without distortion (padded), or a grey box if unreadable."""
     try:
-        with Image.open(path) as im:
-            return ImageOps.pad(im.convert("RGB"), size, color=(235, 235, 235))
-    except (OSError, ValueError, Image.DecompressionBombError):
+        return ImageOps.pad(load_image(path), size, color=(235, 235, 235))
+    except DatasetError:
         return Image.new("RGB", size, (200, 200, 200))
 
 

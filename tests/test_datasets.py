@@ -369,8 +369,9 @@ def test_resume_keeps_the_best_metric(tmp_path, tiny_cfg):
 
 
 def test_cuhk_config_without_the_dataset_says_where_and_how(tmp_path):
+    # MODEL.DEVICE cpu: on a machine without a GPU that problem of the config is named first.
     proc = run_train_net("--config-file", os.path.join(REPO, "configs", "CPCL", "cuhk.yml"),
-                         "DATASETS.ROOT", str(tmp_path))
+                         "DATASETS.ROOT", str(tmp_path), "MODEL.DEVICE", "cpu")
     assert proc.returncode == 2
     message = proc.stderr.strip()
     assert len(message.splitlines()) == 1 and "Traceback" not in message

@@ -36,18 +36,25 @@ def test_every_epoch_trains_and_the_minimum_comes_at_the_end(max_epoch, iters_pe
         assert rates[0] == pytest.approx(0.1) and max(rates) <= 1.0
 
 
-def test_resume_continues_the_rate_and_a_longer_run_stretches_the_cosine():
+def test_resume_continues_the_rate_and_follows_todays_config():
     rates, _, (optimizer, schedule, cfg) = _rates(4, 10, 5)
     state = schedule.state_dict()
-    # Resumed after epoch 1 of the same run: the next rate is the one the run had.
-    fresh = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
-    resumed = WarmupCosineLR(fresh, cfg, 10)
-    state["last_epoch"] = 20
-    resumed.load_state_dict(state)
-    assert fresh.param_groups[0]["lr"] / cfg.SOLVER.BASE_LR == pytest.approx(rates[20])
-    # Resumed with SOLVER.MAX_EPOCH raised to 8: the cosine now ends at epoch 8, not 4.
-    longer = load_config(TINY, ["SOLVER.MAX_EPOCH", "8", "SOLVER.WARMUP_ITERS", "5"])
-    fresh = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=longer.SOLVER.BASE_LR)
-    stretched = WarmupCosineLR(fresh, longer, 10)
-    stretched.load_state_dict(state)
-    assert fresh.param_groups[0]["lr"] / longer.SOLVER.BASE_LR > rates[20]
+
+    def resumed(*opts):
+        today = load_config(TINY, ["SOLVER.MAX_EPOCH", "4", "SOLVER.WARMUP_ITERS", "5",
+                                   "SOLVER.ETA_MIN_LR", "0.0", *opts])
+        fresh = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=today.SOLVER.BASE_LR)
+        schedule = WarmupCosineLR(fresh, today, 10)
+        schedule.load_state_dict(state)
+        schedule.at_iteration(20)  # resumed after epoch 1
+        return fresh.param_groups[0]["lr"], today.SOLVER.BASE_LR
+
+    # The same config: the rate the uninterrupted run had at that step.
+    lr, base = resumed()
+    assert lr / base == pytest.approx(rates[20])
+    # A lower SOLVER.BASE_LR (what a diverged run is told to try) is followed, not the saved one.
+    lr, base = resumed("SOLVER.BASE_LR", "0.00001")
+    assert base == 0.00001 and lr == pytest.approx(base * rates[20])
+    # SOLVER.MAX_EPOCH raised to 8: the cosine now ends at epoch 8, so the rate is higher.
+    lr, base = resumed("SOLVER.MAX_EPOCH", "8")
+    assert lr / base > rates[20]

@@ -64,7 +64,7 @@ def test_warmup_longer_than_training_is_named(data_root, tmp_path):
 @pytest.mark.parametrize("flags, keys, needle", [
     ([], ["MODEL.BACKBONE.NAME", "build_resnet"], "MODEL.BACKBONE.NAME 'build_resnet' is not registered"),
     ([], ["DATASETS.NAMES", '("Market1501",)'], "'Market1501' in DATASETS.NAMES/TESTS is a FastReID"),
-    (["--num-gpus", "2"], ["SOLVER.IMS_PER_BATCH", "9"], "SOLVER.IMS_PER_BATCH 9 must be a multiple"),
+    (["--num-gpus", "3"], ["SOLVER.IMS_PER_BATCH", "8"], "SOLVER.IMS_PER_BATCH 8 must be a multiple"),
 ])
 def test_bad_names_and_batch_splits_are_named(data_root, flags, keys, needle):
     proc = run_train_net("--config-file", TINY, *flags, "DATASETS.ROOT", data_root, *keys)

@@ -53,7 +53,7 @@ def test_divergence_stops_in_one_sentence_without_a_checkpoint(data_root, tmp_pa
     assert proc.returncode == 2, proc.stderr[-3000:]
     line = _one_error_line(proc)
     assert "Training diverged" in line and "at iteration" in line and "SOLVER.BASE_LR" in line
-    assert "no checkpoint was written yet" in line
+    assert "this run wrote no checkpoint before it" in line
     assert not list(tmp_path.glob("model_*.pth"))
 
 
@@ -80,6 +80,9 @@ def test_flags_may_follow_the_overrides():
                        "--num-gpus", "2", "OUTPUT_DIR", "x", "--dist-url=auto"])
     assert args.resume and args.num_gpus == 2 and args.dist_url == "auto"
     assert args.opts == ["SOLVER.MAX_EPOCH", "3", "OUTPUT_DIR", "x"]
+    with pytest.raises(SystemExit) as exit_:  # --help too, wherever it stands
+        parse_args(["--config-file", "a.yml", "SOLVER.MAX_EPOCH", "3", "--help"])
+    assert exit_.value.code == 0
 
 
 def test_a_killed_rank_is_named(data_root, tmp_path):

@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cpcl_plugin import CPCLTrainer, ConfigError, DatasetError, load_config  # noqa: E402
-from cpcl_plugin.config import check_batch_split, check_config, check_schedule  # noqa: E402
+from cpcl_plugin.config import check_batch_split, check_schedule  # noqa: E402
 from cpcl_plugin.data import build_dataset, parse_test_name  # noqa: E402
 from cpcl_plugin.engine.trainer import TrainingDiverged  # noqa: E402
 from cpcl_plugin.engine.checkpoint import (check_checkpoint_path, load_model_weights,  # noqa: E402
@@ -130,14 +130,31 @@ def evaluate_selected_checkpoint(cfg, model):
     return [(label, CPCLTrainer.test(cfg, model))]
 
 
+def launch_problems(args):
+    """The problems of the command line with a config (one sentence each): what --eval-only
+    needs, MODEL.WEIGHTS, and the batch split over the processes."""
+    def problems(cfg):
+        found = []
+        if args.eval_only and not cfg.MODEL.WEIGHTS:
+            found.append("--eval-only needs a checkpoint: add MODEL.WEIGHTS path/to/model.pth.")
+        checks = [lambda: check_batch_split(cfg, args.num_gpus * args.num_machines)]
+        if cfg.MODEL.WEIGHTS:
+            checks.append(lambda: check_checkpoint_path(cfg.MODEL.WEIGHTS))
+        for check in checks:
+            try:
+                check()
+            except ConfigError as err:
+                found.append(str(err))
+        return found
+    return problems
+
+
 def preflight(args):
-    """Check datasets, config and weights in the launching process, so that mistakes end with
+    """Check config, datasets and weights in the launching process, so that mistakes end with
     one sentence before any worker starts (and the synthetic data are generated only once).
-    The config's values come first, every problem in one message (they decide which data are
-    read or generated); then the datasets, whose message says how to get them; then whether this
-    machine can run the config (a GPU config on a CPU machine)."""
-    cfg = load_config(args.config_file, args.opts, check=False)
-    check_config(cfg, machine=False)
+    First every problem of the config and command line, in one message (the values decide which
+    data are read or generated); then the datasets, whose message says how to get them."""
+    cfg = load_config(args.config_file, args.opts, more_problems=launch_problems(args))
     datasets, num_pairs = {}, 0
     for name in cfg.DATASETS.NAMES:
         datasets[name] = build_dataset(cfg, name)
@@ -147,11 +164,6 @@ def preflight(args):
         if name not in datasets:
             datasets[name] = build_dataset(cfg, name)
         datasets[name].split(split)
-    check_config(cfg)
-    if args.eval_only and not cfg.MODEL.WEIGHTS:
-        raise ConfigError("--eval-only needs a checkpoint: add MODEL.WEIGHTS path/to/model.pth.")
-    if cfg.MODEL.WEIGHTS:  # absent, a folder or an empty file: one sentence
-        check_checkpoint_path(cfg.MODEL.WEIGHTS)
     world_size = args.num_gpus * args.num_machines
     batch = check_batch_split(cfg, world_size) * world_size
     if num_pairs < batch:
@@ -216,7 +228,7 @@ def parse_args(argv=None):
     while i < len(args.opts):
         token = args.opts[i]
         action = parser._option_string_actions.get(token.split("=", 1)[0])
-        if action is None or token in ("-h", "--help"):
+        if action is None:
             overrides.append(token)
             i += 1
             continue

@@ -76,9 +76,14 @@ def parse_test_name(entry):
     return name, split
 
 
+_WARNED_REPEATS = set()  # annotation files whose repeated images were reported in this process
+
+
 def _unreadable(path, reason, fix="replace the file"):
-    return DatasetError(f"Cannot read image {path} ({reason}); {fix}, or set "
-                        f"DATASETS.SKIP_BAD_IMAGES True to skip such samples and count them.")
+    err = DatasetError(f"Cannot read image {path} ({reason}); {fix}, or set "
+                       f"DATASETS.SKIP_BAD_IMAGES True to skip such samples and count them.")
+    err.reason = reason  # alone, for lists of skipped files
+    return err
 
 
 # How each PIL mode (https://pillow.readthedocs.io/en/stable/handbook/concepts.html#modes) becomes
@@ -318,7 +323,8 @@ class TextImageDataset:
             raise DatasetError(f"{path}: {len(across)} image(s) appear in more than one split, "
                                f"e.g. {examples(across)}; give each image one split, since a "
                                f"training image in a test or val gallery makes evaluation wrong.")
-        if within:
+        if within and path not in _WARNED_REPEATS:  # the dataset is built many times a run
+            _WARNED_REPEATS.add(path)
             logger.warning(f"{path}: {len(within)} image(s) appear more than once within a split, "
                            f"e.g. {examples(within)}; every entry is kept, so such an image counts "
                            f"once per entry in training and in a gallery.")

@@ -64,7 +64,10 @@ def remove_interrupted_writes(folder):
 class AtomicCheckpointer(Checkpointer):
     """FastReID's Checkpointer whose files appear complete or not at all: each checkpoint is
     written to a temporary file and renamed into place, so a crash mid-save never leaves a
-    truncated ``model_*.pth`` or a ``last_checkpoint`` pointing at one."""
+    truncated ``model_*.pth`` or a ``last_checkpoint`` pointing at one. `last_written` is the
+    last checkpoint this run wrote or resumed from (not another run's, from a reused folder)."""
+
+    last_written = None
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
@@ -78,6 +81,7 @@ class AtomicCheckpointer(Checkpointer):
         self.logger.info(f"Saving checkpoint to {path}")
         write_atomically(path, lambda tmp: _torch_save_synced(data, tmp))
         self.tag_last_checkpoint(basename)
+        self.last_written = path
 
     def tag_last_checkpoint(self, last_filename_basename):
         def write(tmp):

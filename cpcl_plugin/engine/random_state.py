@@ -4,10 +4,10 @@ run continues exactly as the uninterrupted one would have.
 What draws random numbers after a checkpoint: the training augmentation (flip and crop draw from
 torch, random erasing from Python's `random`), the base seed that each DataLoader iterator draws
 from torch (each worker seeds Python, numpy and torch from it), and anything using numpy's global
-generator. The samplers need no state: they are seeded by (SEED, epoch). Each rank has its own
+generator. The training sampler is seeded by (its seed, epoch): its seed is SEED, or with a
+negative SEED one drawn at the start of the run, so it is saved too. Each rank has its own
 generators (seeded SEED + rank), so every rank's states are gathered into rank 0's checkpoint.
 """
-import logging
 import random
 
 import numpy as np
@@ -16,8 +16,6 @@ from fastreid.utils import comm
 
 __all__ = ["RandomStates"]
 
-logger = logging.getLogger(__name__)
-
 
 def _this_process_states():
     # numpy's key array travels as a tensor: checkpoints are read with torch.load(weights_only).
@@ -25,7 +23,8 @@ def _this_process_states():
     return {"python": random.getstate(),
             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            # Only where this process uses CUDA: asking would initialise it in a CPU run.
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
 
 
 def _restore(states):
@@ -39,26 +38,28 @@ def _restore(states):
 
 class RandomStates:
     """A checkpointable (state_dict / load_state_dict) holding every rank's generator states as
-    they were at the last `capture()`, which all ranks call together before a checkpoint."""
+    they were at the last `capture()`, which all ranks call together before a checkpoint, and the
+    seed of the training `sampler` (restored into it on load). `restored` tells whether a loaded
+    checkpoint had them."""
 
-    def __init__(self):
+    def __init__(self, sampler):
+        self.sampler = sampler
         self._states = None
+        self.restored = False
 
     def capture(self):
         own = _this_process_states()
         self._states = comm.all_gather(own) if comm.get_world_size() > 1 else [own]
 
     def state_dict(self):
-        return {"ranks": self._states if self._states is not None else [_this_process_states()]}
+        return {"ranks": self._states if self._states is not None else [_this_process_states()],
+                "sampler_seed": int(self.sampler.seed)}
 
     def load_state_dict(self, state):
+        self.sampler.seed = int(state["sampler_seed"])
         ranks = state["ranks"]
         if len(ranks) != comm.get_world_size():
-            if comm.is_main_process():
-                logger.warning(
-                    f"The checkpoint holds the random states of {len(ranks)} processes, this run "
-                    f"has {comm.get_world_size()}: each process keeps its own seed, so the run "
-                    f"will not repeat the interrupted one exactly.")
-            return
+            return  # each process keeps its own seed; `restored` stays False (the trainer says so)
         _restore(ranks[comm.get_rank()])
         self._states = ranks
+        self.restored = True

@@ -12,7 +12,12 @@ import math
 from fastreid.solver.lr_scheduler import _get_warmup_factor_at_epoch
 from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["cosine_learning_rate", "WarmupCosineLR"]
+__all__ = ["cosine_learning_rate", "cosine_start", "WarmupCosineLR"]
+
+
+def cosine_start(cfg, iters_per_epoch):
+    """The iteration where the cosine begins: after the warm-up and after SOLVER.DELAY_EPOCHS."""
+    return max(cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.DELAY_EPOCHS * iters_per_epoch)
 
 
 def cosine_learning_rate(iteration, base_lr, max_iter, eta_min=0.0, cosine_start=0,
@@ -37,7 +42,7 @@ class WarmupCosineLR(LRScheduler):
         solver = cfg.SOLVER
         self.max_iter = solver.MAX_EPOCH * iters_per_epoch
         self.eta_min = solver.ETA_MIN_LR
-        self.cosine_start = max(solver.WARMUP_ITERS, solver.DELAY_EPOCHS * iters_per_epoch)
+        self.cosine_start = cosine_start(cfg, iters_per_epoch)
         self.warmup = (solver.WARMUP_ITERS, solver.WARMUP_FACTOR, solver.WARMUP_METHOD)
         super().__init__(optimizer, last_epoch)
 
@@ -48,11 +53,14 @@ class WarmupCosineLR(LRScheduler):
                 for base_lr in self.base_lrs]
 
     def load_state_dict(self, state_dict):
-        """The step count comes from the checkpoint; the schedule's shape from today's config, so
-        a run resumed with a larger SOLVER.MAX_EPOCH stretches its cosine to the new end."""
-        shape = (self.max_iter, self.eta_min, self.cosine_start, self.warmup)
-        super().load_state_dict(state_dict)
-        self.max_iter, self.eta_min, self.cosine_start, self.warmup = shape
+        """Only the step count comes from the checkpoint (`at_iteration` sets it from the epoch
+        resumed); the rates and the schedule's shape come from today's config, so a run resumed
+        with a lower SOLVER.BASE_LR or a larger SOLVER.MAX_EPOCH follows them, and a checkpoint
+        of FastReID's per-epoch scheduler loads too."""
+
+    def at_iteration(self, iteration):
+        """Continue from optimiser step `iteration`, setting the parameter groups' rates."""
+        self.last_epoch = iteration
         for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]

@@ -14,7 +14,10 @@ What differs, and why:
   configurable log period and the optional evaluation before training.
 - `resume_or_load`: resuming a finished run says so instead of failing in a hook.
 Checkpoint I/O (atomic files, all-or-nothing weight loading) is in `checkpoint`.
-Everything else (resume, hooks, LR schedule, evaluation loop, writers) is FastReID's.
+- `build_lr_scheduler`: the cosine stepped per iteration, down to its minimum at the end
+  (engine/schedule.py); `test`: FastReID's loop over DATASETS.TESTS with progress lines.
+Everything else (resume, hooks, writers) is FastReID's; checkpoints also carry every random state
+(engine/random_state.py).
 """
 import logging
 import os
@@ -93,7 +96,7 @@ class CPCLTrainer(DefaultTrainer):
         # The pseudo labels and the prototype memory are saved with every checkpoint.
         self.pseudo_label_hook = PseudoLabelHook(cfg)
         # And every generator state, so that a resumed run repeats the uninterrupted one.
-        self.random_states = RandomStates()
+        self.random_states = RandomStates(data_loader.batch_sampler.sampler)
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR,
                                                save_to_disk=comm.is_main_process(),
                                                optimizer=optimizer,
@@ -109,6 +112,7 @@ class CPCLTrainer(DefaultTrainer):
         self.delay_epochs = cfg.SOLVER.DELAY_EPOCHS
         self.initial_eval_results = None
         self.skipped_pairs = 0  # this rank's pairs left out because their image could not be decoded
+        self.diverged = False
         self.register_hooks(self.build_hooks())
 
     # DefaultTrainer reads these from a SimpleTrainer it owns; this trainer steps by itself.
@@ -181,6 +185,8 @@ class CPCLTrainer(DefaultTrainer):
         cfg = self.cfg
 
         def test_and_save_results():
+            if self.diverged:  # EvalHook.after_train would evaluate the broken model
+                return {}
             self._last_eval_results = self.test(cfg, self.model)
             return self._last_eval_results
 
@@ -229,11 +235,8 @@ class CPCLTrainer(DefaultTrainer):
         self._epoch_iter = None
         # The epoch's last step may have broken the weights: stop before they are checkpointed.
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            raise TrainingDiverged(
-                f"Training diverged: the weights became NaN or infinite at iteration "
-                f"{self.iter - 1} (epoch {self.epoch}); the last good checkpoint is "
-                f"{self.checkpointer.get_checkpoint_file() or 'none (none was written yet)'}. "
-                f"Lower SOLVER.BASE_LR (now {self.cfg.SOLVER.BASE_LR:g}).")
+            self._diverged(f"the weights became NaN or infinite at iteration {self.iter - 1} "
+                           f"(epoch {self.epoch})")
         if self.cfg.DATASETS.SKIP_BAD_IMAGES:
             skipped = sum(comm.all_gather(self.skipped_pairs)) if comm.get_world_size() > 1 \
                 else self.skipped_pairs
@@ -280,30 +283,50 @@ class CPCLTrainer(DefaultTrainer):
             self.storage.put_scalar(name, self.storage.history("total_loss").latest())
 
     def _stop_if_diverged(self, losses):
-        """Stop, before this step changes any weight, when the loss is NaN or infinite or the
-        learnable temperature has become infinite (logit scale 0): every later step would train
-        on garbage, and no checkpoint of it must be written."""
+        """Stop, before this step changes any weight, when the loss is NaN or infinite (on any
+        rank) or the learnable temperature has become infinite (logit scale 0): every later step
+        would train on garbage, and no checkpoint of it must be written."""
+        total = losses.detach().clone()
+        if comm.get_world_size() > 1:  # every rank stops together, whichever rank's batch broke
+            torch.distributed.all_reduce(total)
         scale = unwrap(self.model).logit_scale.detach()
-        if bool(torch.isfinite(losses.detach()) & (scale > 0) & torch.isfinite(scale)):
+        if bool(torch.isfinite(total) & (scale > 0) & torch.isfinite(scale)):
             return  # one device sync, as the metric writer's .item() calls make anyway
-        what = (f"the loss became {float(losses.detach())}" if not torch.isfinite(losses.detach())
+        what = (f"the loss became {float(total)}" if not torch.isfinite(total)
                 else f"the learnable temperature became infinite (logit scale {float(scale)})")
-        last = self.checkpointer.get_checkpoint_file()
-        lr = max(group["lr"] for group in self.optimizer.param_groups)
+        self._diverged(f"{what} at iteration {self.iter} (epoch {self.epoch}, learning rate "
+                       f"{max(group['lr'] for group in self.optimizer.param_groups):.3g})")
+
+    def _diverged(self, what):
+        """Raise TrainingDiverged: `what` happened; names this run's last checkpoint (rank 0 has
+        written them) and what to lower."""
+        self.diverged = True  # no evaluation of the broken model after this (see build_hooks)
+        if not comm.is_main_process():
+            raise TrainingDiverged(f"Training diverged: {what}; see rank 0's message.")
+        last = self.checkpointer.last_written
+        hint = f"SOLVER.BASE_LR (now {self.cfg.SOLVER.BASE_LR:g})" + (
+            " or fix the temperature with MODEL.CPCL.LEARN_TEMPERATURE False"
+            if self.cfg.MODEL.CPCL.LEARN_TEMPERATURE else "")
         raise TrainingDiverged(
-            f"Training diverged: {what} at iteration {self.iter} (epoch {self.epoch}, learning "
-            f"rate {lr:.3g}); "
-            + (f"the last good checkpoint is {last}" if last else "no checkpoint was written yet")
-            + f". Lower SOLVER.BASE_LR (now {self.cfg.SOLVER.BASE_LR:g})"
-            + (" or fix the temperature (MODEL.CPCL.LEARN_TEMPERATURE False)"
-               if self.cfg.MODEL.CPCL.LEARN_TEMPERATURE else "") + ".")
+            f"Training diverged: {what}; "
+            + (f"the last good checkpoint is {last}" if last else
+               "this run wrote no checkpoint before it")
+            + f", and lowering {hint} should help.")
 
     def resume_or_load(self, resume=True):
         """FastReID's resume from OUTPUT_DIR's last checkpoint; otherwise MODEL.WEIGHTS, loaded
         strictly (FastReID only warns about tensors that do not fit, and trains a half-random
         model) unless MODEL.WEIGHTS_PARTIAL asks for the tensors that fit."""
         if resume and self.checkpointer.has_checkpoint():
+            self.checkpointer.last_written = self.checkpointer.get_checkpoint_file()
             super().resume_or_load(resume=True)
+            schedule = self.scheduler["lr_sched"]
+            if isinstance(schedule, WarmupCosineLR):  # its step count, from the epoch resumed
+                schedule.at_iteration(self.start_epoch * self.iters_per_epoch)
+            if not self.random_states.restored and comm.is_main_process():
+                logger.warning(f"{self.checkpointer.last_written} holds no random states (written "
+                               f"by an older version, or by another number of processes): the "
+                               f"run goes on, but not exactly as the interrupted one would have.")
         elif self.cfg.MODEL.WEIGHTS:
             logger.info(f"Initialising the model from MODEL.WEIGHTS {self.cfg.MODEL.WEIGHTS}")
             load_model_weights(self.model, self.cfg.MODEL.WEIGHTS,
@@ -348,7 +371,11 @@ class EvalBeforeTrain(hooks.HookBase):
         self.trainer.initial_eval_results = results
         # At iteration 0 of the metric curves (TensorBoard, metrics.json), as EvalHook puts later
         # evaluations at theirs.
-        self.trainer.storage.put_scalars(**flatten_results_dict(results), smoothing_hint=False)
+        # Not "metric": FastReID's PeriodicCheckpointer picks model_best by the latest "metric"
+        # in the storage, and the untrained model's would then stand for trained weights.
+        scalars = {k: v for k, v in flatten_results_dict(results).items()
+                   if k.split("/")[-1] != "metric"}
+        self.trainer.storage.put_scalars(**scalars, smoothing_hint=False)
         comm.synchronize()
 
 

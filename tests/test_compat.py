@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import market1501_reference
 from cpcl_plugin import compat
 
 
@@ -188,22 +189,6 @@ def test_default_trainers_ddp_takes_a_cpu_model(tmp_path):
     assert compat._patch_ddp_device_ids() is False
 
 
-def _market1501_reference(dist, q_pids, g_pids, q_cams, g_cams, ranks):
-    """CMC at `ranks`, mAP and mINP by the Market-1501 protocol, written out plainly."""
-    hits_at, aps, inps = [], [], []
-    for i in range(len(dist)):
-        order = np.argsort(dist[i], kind="stable")
-        keep = ~((g_pids[order] == q_pids[i]) & (g_cams[order] == q_cams[i]))
-        match = (g_pids[order] == q_pids[i])[keep]
-        if not match.any():
-            continue
-        pos = np.flatnonzero(match)
-        hits_at.append([pos[0] < k for k in ranks])
-        aps.append(np.mean([(n + 1) / (p + 1) for n, p in enumerate(pos)]))
-        inps.append(len(pos) / (pos[-1] + 1))
-    return np.mean(hits_at, axis=0), np.mean(aps), np.mean(inps)
-
-
 def test_python_rank_evaluation_handles_a_short_gallery():
     """Fewer gallery items than max_rank, queries losing different numbers of same-camera items:
     FastReID's Python evaluation raised (ragged CMC rows); it now equals a plain computation,
@@ -216,7 +201,7 @@ def test_python_rank_evaluation_handles_a_short_gallery():
     cmc, all_ap, all_inp = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, use_cython=False)
     assert len(cmc) == 12 and np.all(np.diff(cmc) >= 0) and cmc[-1] == 1.0
     ranks = (1, 2, 5, 9, 10, 12)
-    ref_cmc, ref_map, ref_minp = _market1501_reference(dist, q_pids, g_pids, q_cams, g_cams, ranks)
+    ref_cmc, ref_map, ref_minp = market1501_reference(dist, q_pids, g_pids, q_cams, g_cams, ranks)
     np.testing.assert_allclose([cmc[k - 1] for k in ranks], ref_cmc, atol=1e-6)
     assert np.mean(all_ap) == pytest.approx(ref_map) and np.mean(all_inp) == pytest.approx(ref_minp)
     assert compat._patch_rank_short_gallery() is False

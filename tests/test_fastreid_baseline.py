@@ -128,28 +128,14 @@ def make_market1501(root):
 
 
 def reference_metrics(q_feat, g_feat, q_pids, g_pids, q_cams, g_cams):
-    """Market-1501 protocol, written out plainly: cosine distance; per query, gallery items of
-    the same identity and camera are left out; queries without a match are skipped; CMC at k is
-    whether a match is within the first k; AP is the mean precision at each match; INP is
-    #matches / rank of the last match."""
+    """The Market-1501 protocol (conftest.market1501_reference) on cosine distances, in percent."""
+    from conftest import market1501_reference  # here: the child process never needs it
     q = q_feat / np.linalg.norm(q_feat, axis=1, keepdims=True)
     g = g_feat / np.linalg.norm(g_feat, axis=1, keepdims=True)
     dist = 1 - q.astype(np.float64) @ g.astype(np.float64).T
-    cmc, aps, inps = [], [], []
-    for i in range(len(q)):
-        order = np.argsort(dist[i], kind="stable")
-        keep = ~((g_pids[order] == q_pids[i]) & (g_cams[order] == q_cams[i]))
-        match = (g_pids[order] == q_pids[i])[keep]
-        if not match.any():
-            continue
-        first = int(np.argmax(match))
-        cmc.append([first < k for k in (1, 5, 10)])
-        hits = np.flatnonzero(match)
-        aps.append(np.mean([(n + 1) / (r + 1) for n, r in enumerate(hits)]))
-        inps.append(len(hits) / (hits[-1] + 1))
-    cmc = np.mean(cmc, axis=0) * 100
-    return {"Rank-1": cmc[0], "Rank-5": cmc[1], "Rank-10": cmc[2],
-            "mAP": np.mean(aps) * 100, "mINP": np.mean(inps) * 100}
+    cmc, ap, inp = market1501_reference(dist, q_pids, g_pids, q_cams, g_cams, (1, 5, 10))
+    return {"Rank-1": cmc[0] * 100, "Rank-5": cmc[1] * 100, "Rank-10": cmc[2] * 100,
+            "mAP": ap * 100, "mINP": inp * 100}
 
 
 def child(config_file, out_dir):

@@ -93,16 +93,16 @@ class PseudoLabelHook(HookBase):
         """Image and caption pseudo labels, OPLM, statistics. Images that could not be decoded
         (DATASETS.SKIP_BAD_IMAGES) are outliers, never clustered nor mined."""
         p, kwargs = self.cfg.PSEUDO, clustering_settings(self.cfg)
+
+        def cluster_with_progress(features, unit):
+            # Progress in the form of every long step (start and end: cluster() is one call).
+            with Progress(f"clustering {len(features)} {unit}", len(features), unit) as progress:
+                labels = cluster(features, **kwargs)
+                progress.update(len(features))
+            return labels
         y_v = np.full(len(image_f), -1, dtype=np.int64)
-        n_v = int(image_valid.sum())
-        # Progress in the form of every long step (start and end lines; cluster() is one call).
-        with Progress(f"clustering {n_v} images", n_v, unit="images") as progress:
-            y_v[image_valid] = cluster(image_f[image_valid], **kwargs)
-            progress.update(n_v)
-        n_t = len(text_f)
-        with Progress(f"clustering {n_t} captions", n_t, unit="captions") as progress:
-            y_t = cluster(text_f, **kwargs)
-            progress.update(n_t)
+        y_v[image_valid] = cluster_with_progress(image_f[image_valid], "images")
+        y_t = cluster_with_progress(text_f, "captions")
         stats = {"skipped_images": int((~image_valid).sum()),
                  "image_clusters": int(y_v.max(initial=-1) + 1), "image_outliers": int((y_v < 0).sum()),
                  "text_clusters": int(y_t.max(initial=-1) + 1), "text_outliers": int((y_t < 0).sum()),

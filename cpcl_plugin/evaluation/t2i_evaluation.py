@@ -100,8 +100,7 @@ def t2i_metrics(similarity, query_pids, gallery_pids, ks=(1, 5, 10), chunk_eleme
         ranks = ranks.numpy()
         first, last = ranks[:, 0], ranks.max(axis=1)
         cmc_sum += (first[:, None] <= np.arange(1, max_rank + 1)[None, :]).sum(axis=0)
-        precision = np.where(ranks > 0, np.arange(1, p + 1)[None, :] / np.maximum(ranks, 1), 0.0)
-        ap_sum += (precision.sum(axis=1) / n).sum()
+        ap_sum += _average_precisions(ranks, n).sum()
         inp_sum += (n / last).sum()
     if num_skipped:
         logger.warning(f"{num_skipped} queries have no positive in the gallery and are left out.")
@@ -120,12 +119,21 @@ def positive_ranks(order, gallery_pids, query_pid):
     return np.flatnonzero(np.asarray(gallery_pids)[np.asarray(order)] == query_pid) + 1
 
 
+def _average_precisions(ranks, num_pos):
+    """Each row's AP (a fraction) from its ascending 1-based positive ranks, (Q, P), 0 where a
+    row has fewer than P positives; `num_pos` (Q,) counts them: the mean precision at each."""
+    precision = np.where(ranks > 0, np.arange(1, ranks.shape[1] + 1)[None, :] /
+                         np.maximum(ranks, 1), 0.0)
+    return precision.sum(axis=1) / num_pos
+
+
 def average_precision(ranks):
     """One query's AP in percent from the ascending 1-based ranks of all its positives, as
     t2i_metrics averages it into mAP; None for a query without positives."""
     if len(ranks) == 0:
         return None
-    return 100.0 * float(np.mean(np.arange(1, len(ranks) + 1) / np.asarray(ranks, dtype=float)))
+    ranks = np.asarray(ranks, dtype=np.int64)[None, :]
+    return 100.0 * float(_average_precisions(ranks, np.array([ranks.shape[1]]))[0])
 
 
 def gather_in_index_order(predictions, all_ranks=False):

@@ -112,6 +112,19 @@ def add_cpcl_config(cfg):
     # k-reciprocal neighbourhood sizes of the Jaccard distance (Zhong et al. 2017).
     _C.PSEUDO.K1 = 30
     _C.PSEUDO.K2 = 6
+    # How the K1 nearest neighbours are found: "exact", "approximate" (faiss IVF) or "auto" (exact
+    # up to PSEUDO.EXACT_MAX rows per modality, approximate above). The pass logs which ran.
+    _C.PSEUDO.SEARCH = "auto"
+    # Largest modality (rows) that "auto" searches exactly: exact kNN costs N^2 d, IVF about
+    # N^1.5 d; CUHK-PEDES (68k captions) stays exact, LUPerson-T (1.3M) does not.
+    _C.PSEUDO.EXACT_MAX = 200000
+    _C.PSEUDO.IVF = CN()
+    # Cells of the approximate search's k-means; 0: about 2 sqrt(N) (2,000 at a million rows).
+    _C.PSEUDO.IVF.NLIST = 0
+    # Cells scanned per query: more finds more of the exact neighbours, proportionally slower.
+    _C.PSEUDO.IVF.NPROBE = 32
+    # Training rows per cell for the k-means (a random sample of that many per cell).
+    _C.PSEUDO.IVF.TRAIN_PER_LIST = 64
     # Samples per pseudo identity in a P x K batch (P = IMS_PER_BATCH / K).
     _C.PSEUDO.NUM_INSTANCES = 4
     # What batches do with pairs whose image is a clustering outlier: "drop" or "singleton".
@@ -211,6 +224,10 @@ RANGES = {
     "PSEUDO.MIN_SAMPLES": ">= 1",
     "PSEUDO.K1": ">= 1",
     "PSEUDO.K2": ">= 1",
+    "PSEUDO.EXACT_MAX": ">= 0",
+    "PSEUDO.IVF.NLIST": (">= 0", "0 picks about 2 sqrt(N) cells"),
+    "PSEUDO.IVF.NPROBE": ">= 1",
+    "PSEUDO.IVF.TRAIN_PER_LIST": (">= 39", "faiss's k-means wants at least 39 training rows a cell"),
     "PSEUDO.NUM_INSTANCES": ">= 1",
     "PSEUDO.BATCH_SIZE": ">= 1",
     "PSEUDO.OPLM.THRESHOLD": ("in [-1, 1]", "a cosine similarity"),
@@ -259,6 +276,7 @@ IMAGE_SIZES = ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST", "MODEL.CLIP.IMAGE_SIZE",
 # SOLVER.WARMUP_METHOD: fastreid.solver.lr_scheduler's warm-up factors).
 CHOICES = {
     "PSEUDO.OUTLIERS": ("drop", "singleton"),
+    "PSEUDO.SEARCH": ("auto", "exact", "approximate"),
     "SOLVER.AMP.DTYPE": ("float16", "bfloat16"),
     "SOLVER.SCHED": ("MultiStepLR", "CosineAnnealingLR"),
     "SOLVER.WARMUP_METHOD": ("constant", "linear", "exp"),

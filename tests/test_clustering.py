@@ -6,8 +6,10 @@ from fastreid.utils.compute_dist import compute_jaccard_distance
 from sklearn.cluster import DBSCAN
 from sklearn.metrics import adjusted_rand_score
 
-from cpcl_plugin.clustering import cluster, jaccard_distance, knn, relabel_in_order
+from cpcl_plugin.clustering import (FEATURE_DISTRIBUTIONS, cluster, jaccard_distance, knn,
+                                    knn_share, relabel_in_order, resolve_search)
 from cpcl_plugin.clustering import clustered_features as make_features
+from cpcl_plugin.clustering.neighbours import ivf_lists
 
 
 def clustered_features(n, seed=0):
@@ -74,3 +76,74 @@ def test_small_and_empty_inputs():
 
 def test_relabel_in_order():
     assert relabel_in_order(np.array([5, -1, 5, 2, 9, 2])).tolist() == [0, -1, 0, 1, 2, 1]
+
+
+def _dbscan_on_every_pair(x, **kwargs):
+    dist = jaccard_distance(x, max_distance=0.6, **kwargs)
+    return relabel_in_order(DBSCAN(eps=0.6, min_samples=4, metric="precomputed").fit_predict(dist))
+
+
+@pytest.mark.parametrize("name", list(FEATURE_DISTRIBUTIONS))
+def test_labels_on_hard_distributions_equal_dbscan_on_every_pair(name):
+    """cluster() sums only the pairs that can change DBSCAN's labels; the labels must be those of
+    DBSCAN on every pair within eps, on dense blobs, duplicates, cones, hubs and uneven sizes."""
+    x = FEATURE_DISTRIBUTIONS[name](1500, d=64, seed=1)
+    neighbours = knn(x, 30)
+    labels = cluster(x, neighbours=neighbours)
+    assert np.array_equal(labels, _dbscan_on_every_pair(x, neighbours=neighbours))
+    assert labels.max() >= 1  # the case clusters at all: the comparison says something
+
+
+def test_dense_blob_labels_equal_fastreid_dense():
+    x = FEATURE_DISTRIBUTIONS["dense blob"](800, d=64, seed=2)
+    expected = DBSCAN(eps=0.6, min_samples=4, metric="precomputed").fit_predict(dense_reference(x))
+    assert adjusted_rand_score(expected, cluster(x, search="exact")) == 1.0
+
+
+@pytest.mark.parametrize("search, options", [("exact", {"block": 64}),
+                                             ("approximate", {"nprobe": 3})])
+def test_shares_of_the_rows_give_exactly_the_whole_search(search, options):
+    x = clustered_features(700, seed=5)
+    x[10:80] = x[9]  # ties, which every share must resolve alike
+    whole = knn(x, 20, search, **options)
+    for world_size in (2, 3):
+        lists = np.full_like(whole, -1)
+        for rank in range(world_size):
+            rows, part = knn_share(x, 20, search, rank, world_size, **options)
+            lists[rows] = part
+        assert np.array_equal(lists, whole), (search, world_size)
+    assert np.array_equal(whole[:, 0], np.arange(len(x)))
+    assert np.array_equal(whole[9, :8], [9, 10, 11, 12, 13, 14, 15, 16])  # ties by index
+
+
+def test_approximate_search_agrees_with_exact_on_a_clustered_set():
+    """The approximate search finds the near neighbours; the far end of the k1 = 30 lists is
+    noise here (identities of 6), which it draws from the scanned cells instead of from every row.
+    Its labels mostly agree with the exact ones (docs/benchmarks.md measures how far)."""
+    x = make_features(3000, d=64, seed=7)
+    exact = cluster(x, search="exact")
+    approximate = cluster(x, search="approximate", nprobe=8)
+    singletons = lambda y: np.where(y >= 0, y, y.max() + 1 + np.arange(len(y)))  # noqa: E731
+    assert adjusted_rand_score(singletons(exact), singletons(approximate)) >= 0.75
+    near = np.mean([len(set(a[:6]) & set(b[:6])) / 6 for a, b in
+                    zip(knn(x, 30, "approximate", nprobe=8), knn(x, 30))])
+    assert near >= 0.9  # the six nearest: the identity's own rows
+    # Scanning every cell is the exact search.
+    assert np.array_equal(knn(x, 30, "approximate", nprobe=ivf_lists(len(x))), knn(x, 30))
+
+
+def test_search_choice_and_its_log(caplog):
+    assert resolve_search("auto", 100, 100) == "exact"
+    assert resolve_search("auto", 101, 100) == "approximate"
+    assert resolve_search("exact", 10 ** 7, 100) == "exact"
+    with pytest.raises(ValueError, match="'fast' is not one of auto, exact, approximate"):
+        resolve_search("fast", 10, 10)
+    with caplog.at_level("INFO", logger="cpcl_plugin.clustering"):
+        cluster(clustered_features(300), search="auto", exact_max=200)
+    assert "approximate search ('auto', exact up to 200 rows)" in caplog.text
+    assert "approximate kNN: IVF" in caplog.text
+
+
+def test_float16_features_cluster_like_float32():
+    x = clustered_features(1500, seed=6)
+    assert adjusted_rand_score(cluster(x), cluster(x.astype(np.float16))) >= 0.99

@@ -1,3 +1,5 @@
 """Pseudo labels from features: pure functions on arrays, no trainer state."""
-from .jaccard import cluster, clustered_features, jaccard_distance, knn, relabel_in_order
+from .feature_distributions import FEATURE_DISTRIBUTIONS, clustered_features
+from .jaccard import EXACT_SEARCH_MAX, cluster, jaccard_distance, relabel_in_order
+from .neighbours import SEARCHES, knn, knn_share, resolve_search, row_share
 from .oplm import cooccurrence, mine_outliers, prototypes, pseudo_label_quality

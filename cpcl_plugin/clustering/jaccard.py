@@ -12,62 +12,24 @@ the N x k neighbour lists instead of a Python loop over an N x N array:
 5. ``d(i, k) = 1 - m / (2 - m)`` with ``m = sum_j min(V[i, j], V[k, j])``.
 
 Memory is O(N x nnz-per-row) instead of O(N^2): only pairs that share a column of V (distance
-below 1) are stored. Arrays in, arrays out; no trainer state.
+below 1) are stored. Arrays in, arrays out; no trainer state. The neighbour lists come from
+`neighbours.knn` (exact, or approximate for large N), or are passed in (one rank's share each).
 """
+import logging
+import time
+
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["knn", "jaccard_distance", "cluster", "relabel_in_order", "clustered_features"]
+from .neighbours import knn, resolve_search
 
-def knn(features, k, block=2048):
-    """Indices (N, k) of the k nearest neighbours of each row (itself first), by L2 distance.
+__all__ = ["jaccard_distance", "cluster", "relabel_in_order", "EXACT_SEARCH_MAX"]
 
-    Exact search: faiss on the GPU when faiss-gpu and a CUDA device are present. Otherwise blocked
-    matrix products in torch, each pair of blocks computed once and used for the rows of both
-    (the distance is symmetric), with a running top-k per row: about 2.6x faster on CPU than faiss's
-    flat index (N = 20,000, d = 512, two cores: 2.7 s against 7.0 s; 0.005% of the entries
-    differ, near-equal distances that float rounding orders differently).
-    """
-    import faiss
-    import torch
+logger = logging.getLogger(__name__)
 
-    x = np.ascontiguousarray(features, dtype=np.float32)
-    n = len(x)
-    k = min(k, n)
-    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-        resources = faiss.StandardGpuResources()
-        index = faiss.GpuIndexFlatL2(resources, x.shape[1])
-        index.add(x)
-        return index.search(x, k)[1].astype(np.int64)
-    t = torch.from_numpy(x)
-    half_sq = 0.5 * (t * t).sum(dim=1)
-    # argmin ||a - b||^2 = argmax (a . b - |b|^2 / 2); for unit vectors (CLIP features) the second
-    # term is a constant and is skipped.
-    unit = bool(torch.allclose(half_sq, torch.full_like(half_sq, 0.5), atol=1e-5))
-    best_score = torch.full((n, k), -float("inf"))
-    best_index = torch.zeros((n, k), dtype=torch.int64)
-
-    def merge(row0, values, indices):
-        """Keep, for rows row0.., the k best of the running list and these candidates."""
-        rows = slice(row0, row0 + values.shape[0])
-        cand_score = torch.cat([best_score[rows], values], dim=1)
-        cand_index = torch.cat([best_index[rows], indices], dim=1)
-        keep = cand_score.topk(k, dim=1).indices
-        best_score[rows] = cand_score.gather(1, keep)
-        best_index[rows] = cand_index.gather(1, keep)
-
-    for a in range(0, n, block):
-        for b in range(a, n, block):
-            dots = t[a:a + block] @ t[b:b + block].T
-            scores = dots if unit else dots - half_sq[None, b:b + block]
-            top = scores.topk(min(k, scores.shape[1]), dim=1)
-            merge(a, top.values, top.indices + b)
-            if b != a:  # the same products, read by column, serve the rows of block b
-                scores = dots.T.contiguous() if unit else dots.T - half_sq[None, a:a + block]
-                top = scores.topk(min(k, scores.shape[1]), dim=1)
-                merge(b, top.values, top.indices + a)
-    return best_index.numpy()
-
+# search="auto": exact kNN up to this many rows (CUHK-PEDES' 68k captions stay exact), faiss IVF
+# above it.
+EXACT_SEARCH_MAX = 200_000
 
 def _neighbour_matrix(neighbours, k):
     """Boolean CSR matrix with row i marking neighbours[i, :k]."""
@@ -121,117 +83,128 @@ def _row_softmax_of_negative_sq_distance(features, pattern):
                          shape=pattern.shape)
 
 
-def _prefix_mask(V, min_mass):
-    """Boolean mask over V's stored entries marking, per row, its largest entries up to where the
-    rest of the row holds less than `min_mass` (every entry when min_mass <= 0).
+def _candidate_pairs(V, min_mass, block_rows=2048):
+    """(i, k, bound) for every pair k > i whose upper bound on m[i, k] = sum_j min(V[i, j],
+    V[k, j]) reaches min_mass (every pair sharing a column when min_mass <= 0).
 
-    Prefix filtering: if rows i and k share at least `min_mass` (sum of minima), k must have a
-    nonzero among these columns of i, since outside them i has less than `min_mass` to share.
+    min(a, b) <= sqrt(a b), so the bound is the sparse product sqrt(V) sqrt(V)^T: compiled, a
+    few nanoseconds per term, and tight where the two rows agree, so that nearly every pair that
+    cannot reach min_mass is ruled out however many rows share a column (dense regions, hubs).
     """
-    if min_mass <= 0:
-        return np.ones(V.nnz, dtype=bool)
-    rows = np.repeat(np.arange(V.shape[0]), np.diff(V.indptr))
-    # By row, then largest value first (values lie in (0, 1], so row + 1 - value orders both).
-    order = np.argsort(rows + (1.0 - V.data.astype(np.float64)))
-    vals = V.data[order].astype(np.float64)
-    csum = np.cumsum(vals)
-    row_start = np.repeat(V.indptr[:-1], np.diff(V.indptr))
-    before = csum - vals - np.concatenate([[0.0], csum])[row_start]  # row mass before each entry
-    row_total = np.asarray(V.sum(axis=1), dtype=np.float64).ravel()[rows]
-    mask = np.empty(V.nnz, dtype=bool)
-    mask[order] = row_total - before >= min_mass
-    return mask
+    root = V.copy()
+    root.data = np.sqrt(root.data)
+    root_t = root.T.tocsr()
+    found = []
+    for lo in range(0, V.shape[0], block_rows):
+        bound = (root[lo:lo + block_rows] @ root_t).tocoo()
+        i, k = bound.row.astype(np.int64) + lo, bound.col.astype(np.int64)
+        # Slack for float rounding in the bound: it must never drop a pair that qualifies.
+        keep = (k > i) & (bound.data >= min_mass - 1e-5)
+        found.append((i[keep], k[keep], bound.data[keep]))
+    return tuple(np.concatenate(parts) for parts in zip(*found))
 
 
-def _expand(ptr, owners):
-    """For owners o (indices into a CSR/CSC pointer array), the positions ptr[o]..ptr[o+1]-1 of all
-    of them concatenated, and for each position the index of its owner in `owners`."""
-    counts = ptr[owners + 1] - ptr[owners]
-    which = np.repeat(np.arange(len(owners)), counts)
-    pos = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-    return pos + ptr[owners][which], which
+def _exact_mass(V, i, k, chunk=1 << 18):
+    """m[i_p, k_p] = sum_j min(V[i_p, j], V[k_p, j]) for each pair p: the elementwise minimum of
+    the two sparse rows (compiled), in chunks of pairs so that the gathered rows stay small."""
+    out = [np.asarray(V[i[c:c + chunk]].minimum(V[k[c:c + chunk]]).sum(axis=1)).ravel()
+           for c in range(0, len(i), chunk)]
+    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
 
-def _prefix_sums(V, prefix, block_rows=4096):
-    """Sparse P[i, k] = sum over the prefix columns j of row i of min(V[i, j], V[k, j]), for every
-    k with a nonzero in one of them: each prefix entry (i, j) meets every nonzero (k, j) of its
-    column, and equal (i, k) are summed after a sort (torch.unique), in blocks of rows."""
-    import torch
+def _symmetric(n, i, k, values, diagonal):
+    """CSR (n, n) with values at (i, k) and (k, i), and `diagonal` on the diagonal (stored even
+    where 0)."""
+    rows = np.concatenate([np.arange(n), i, k])
+    cols = np.concatenate([np.arange(n), k, i])
+    vals = np.concatenate([diagonal, values, values]).astype(np.float32)
+    return sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
 
+
+def _shared_mass(V, min_mass=0.0):
+    """Sparse symmetric m[i, k] = sum_j min(V[i, j], V[k, j]) for every pair with m >= min_mass
+    (every pair sharing a column when min_mass <= 0), the diagonal included: the candidates of
+    `_candidate_pairs`, summed exactly."""
+    V = _sorted_csr(V)
+    i, k, _ = _candidate_pairs(V, min_mass)
+    mass = _exact_mass(V, i, k)
+    ok = mass >= min_mass if min_mass > 0 else mass > 0
+    return _symmetric(V.shape[0], i[ok], k[ok], mass[ok], np.asarray(V.sum(axis=1)).ravel())
+
+
+def _dbscan_graph(V, min_mass, min_samples):
+    """A sparse symmetric graph, with the diagonal, on which DBSCAN(min_samples) gives exactly the
+    labels it gives on every pair with m >= min_mass; stored values are masses (lower bounds
+    where not summed). It leaves out pairs that cannot change those labels, without summing them.
+
+    Rows of V are probability vectors, so sum_j min = 1 - total variation >= 1 - sqrt(1 - b^2)
+    for the bound b of `_candidate_pairs` (Le Cam): pairs above that lower bound qualify without
+    a sum. DBSCAN's labels depend only on which points are core (at least min_samples neighbours,
+    itself included), on the connected components of the cores, and on the neighbours of the
+    other points. So a pair of points that are core on sure pairs alone, and connected by sure
+    pairs already, needs no sum; every other candidate is summed exactly. In dense regions, where
+    most pairs qualify, this skips nearly all of the summing.
+    """
+    from scipy.sparse.csgraph import connected_components
+
+    V = _sorted_csr(V)
     n = V.shape[0]
-    row_of = np.repeat(np.arange(n), np.diff(V.indptr))
-    C = V.tocsc()
-    C.sort_indices()
-    col_ptr = C.indptr.astype(np.int64)
-    rows, cols, vals = [], [], []
-    for lo in range(0, n, block_rows):
-        hi = min(n, lo + block_rows)
-        entries = np.arange(V.indptr[lo], V.indptr[hi])[prefix[V.indptr[lo]:V.indptr[hi]]]
-        pos, which = _expand(col_ptr, V.indices[entries].astype(np.int64))
-        keys = torch.from_numpy(row_of[entries][which] * n + C.indices[pos])
-        pairs, slot = torch.unique(keys, return_inverse=True)
-        sums = torch.zeros(len(pairs)).index_add_(
-            0, slot, torch.from_numpy(np.minimum(V.data[entries][which], C.data[pos])))
-        rows.append((pairs // n).numpy())
-        cols.append((pairs % n).numpy())
-        vals.append(sums.numpy())
-    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                         shape=(n, n))
+    i, k, bound = _candidate_pairs(V, min_mass)
+    lower = 1.0 - np.sqrt(np.clip(1.0 - bound.astype(np.float64) ** 2, 0.0, None))
+    sure = lower >= min_mass + 1e-4  # slack: rows sum to 1 only to float precision
+    degree = 1 + np.bincount(i[sure], minlength=n) + np.bincount(k[sure], minlength=n)
+    core = degree >= min_samples
+    linked = sure & core[i] & core[k]
+    _, component = connected_components(
+        sp.csr_matrix((np.ones(int(linked.sum()), np.int8), (i[linked], k[linked])), shape=(n, n)),
+        directed=False)
+    open_ = ~sure & ~(core[i] & core[k] & (component[i] == component[k]))
+    mass = _exact_mass(V, i[open_], k[open_])
+    qualify = mass >= min_mass
+    keep_i = np.concatenate([i[sure], i[open_][qualify]])
+    keep_k = np.concatenate([k[sure], k[open_][qualify]])
+    values = np.concatenate([lower[sure], mass[qualify]])
+    return _symmetric(n, keep_i, keep_k, values, np.ones(n))
 
 
-def _shared_mass(V, min_mass=0.0, block_rows=512):
-    """Sparse m[i, k] = sum_j min(V[i, j], V[k, j]) for every pair with m >= min_mass (every pair
-    sharing a column when min_mass <= 0).
-
-    Prefix filtering (`_prefix_mask`) gives the candidates with a partial sum; a pair can reach
-    min_mass only if, from both sides, partial sum + rest of the row does. Only those survivors
-    are summed exactly, over all nonzeros of row k against row i made dense.
-    """
+def _sorted_csr(V):
     V = V.tocsr().astype(np.float32)
     V.sort_indices()
-    n = V.shape[0]
-    prefix = _prefix_mask(V, min_mass)
-    partial = _prefix_sums(V, prefix)
-    if min_mass <= 0 or prefix.all():
-        return partial  # the prefix is the whole row: the partial sums are exact
-    row_of = np.repeat(np.arange(n), np.diff(V.indptr))
-    rest = np.asarray(V.sum(axis=1)).ravel() - np.bincount(row_of[prefix], V.data[prefix], n)
-    bound = partial.copy()
-    bound.data += rest[np.repeat(np.arange(n), np.diff(bound.indptr))]
-    bound.data = (bound.data >= min_mass).astype(np.float32)
-    bound.eliminate_zeros()
-    alive = bound.multiply(bound.T).tocsr()  # the bound must hold from both sides
-    alive.eliminate_zeros()
-    row_ptr = V.indptr.astype(np.int64)
-    rows, cols, vals = [], [], []
-    for lo in range(0, n, block_rows):
-        hi = min(n, lo + block_rows)
-        ci = np.repeat(np.arange(hi - lo), np.diff(alive.indptr[lo:hi + 1]))
-        ck = alive.indices[alive.indptr[lo]:alive.indptr[hi]].astype(np.int64)
-        pos, which = _expand(row_ptr, ck)
-        dense = V[lo:hi].toarray()
-        mass = np.bincount(which, np.minimum(dense[ci[which], V.indices[pos]], V.data[pos]),
-                           minlength=len(ck))
-        keep = mass >= min_mass
-        rows.append(ci[keep] + lo)
-        cols.append(ck[keep])
-        vals.append(mass[keep].astype(np.float32))
-    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                         shape=(n, n))
+    return V
+
+
+def _mass_to_distance(shared):
+    """d = 1 - m / (2 - m), in place on a CSR of masses."""
+    shared.data = np.clip(1.0 - shared.data / (2.0 - shared.data), 0.0, 1.0).astype(np.float32)
+    # Explicit zeros (the diagonal) stay stored: they mean "distance 0", not "absent".
+    return shared
+
+
+def _min_mass(max_distance):
+    """d = 1 - m / (2 - m) <= max_distance  <=>  m >= 2 (1 - max_distance) / (2 - max_distance);
+    a hair of slack keeps pairs that float rounding puts exactly on the boundary."""
+    return 0.0 if max_distance >= 1 else \
+        max(0.0, 2 * (1 - max_distance) / (2 - max_distance) - 1e-6)
 
 
 def jaccard_distance(features, k1=30, k2=6, max_distance=1.0, neighbours=None):
-    """Sparse k-reciprocal Jaccard distance between the rows of `features` (N, d).
+    """Sparse k-reciprocal Jaccard distance between the rows of `features` (N, d), float32 or
+    float16.
 
     Returns a CSR matrix holding every pair at distance <= `max_distance` (the diagonal, at 0,
     included); with the default 1.0, every pair below 1, absent pairs being at distance 1.
     DBSCAN needs only pairs within eps: passing max_distance=eps keeps far fewer pairs and skips
-    most of the work (prefix filtering). `neighbours` may pass precomputed `knn(features, k1)`.
+    most of the work. `neighbours` may pass precomputed `knn(features, k1)` (exact by default).
     """
-    features = np.asarray(features, dtype=np.float32)
-    n = features.shape[0]
-    if n == 0:
+    if features.shape[0] == 0:
         return sp.csr_matrix((0, 0), dtype=np.float32)
+    V = _expanded_weights(features, k1, k2, neighbours)
+    return _mass_to_distance(_shared_mass(V, _min_mass(max_distance)))
+
+
+def _expanded_weights(features, k1, k2, neighbours=None):
+    """Steps 1-4 of the module docstring: the sparse rows V, each a probability vector."""
+    n = features.shape[0]
     k1 = min(k1, n)
     if neighbours is None:
         neighbours = knn(features, k1)
@@ -254,32 +227,39 @@ def jaccard_distance(features, k1=30, k2=6, max_distance=1.0, neighbours=None):
         k2 = min(k2, neighbours.shape[1])  # FastReID averages over the columns that exist
         Q = _neighbour_matrix(neighbours, k2).astype(np.float32) / k2
         V = (Q @ V).tocsr()
-
-    # d = 1 - m / (2 - m) <= max_distance  <=>  m >= 2 (1 - max_distance) / (2 - max_distance);
-    # a hair of slack keeps pairs that float rounding puts exactly on the boundary.
-    min_mass = 0.0 if max_distance >= 1 else \
-        max(0.0, 2 * (1 - max_distance) / (2 - max_distance) - 1e-6)
-    shared = _shared_mass(V, min_mass).tocsr()
-    shared.data = np.clip(1.0 - shared.data / (2.0 - shared.data), 0.0, 1.0).astype(np.float32)
-    # Explicit zeros (the diagonal) stay stored: they mean "distance 0", not "absent".
-    return shared
+    return V
 
 
-def cluster(features, eps=0.6, min_samples=4, k1=30, k2=6):
+def cluster(features, eps=0.6, min_samples=4, k1=30, k2=6, search="auto", neighbours=None,
+            exact_max=EXACT_SEARCH_MAX, **approximate):
     """Pseudo labels of `features` (N, d): DBSCAN on the sparse Jaccard distance; -1 = outlier.
+
+    Args:
+        search: how the k1 nearest neighbours are found: "exact", "approximate" (faiss IVF; its
+            `nlist`, `nprobe`, `train_per_list` go in **approximate, see `neighbours.knn`), or
+            "auto": exact up to `exact_max` rows, approximate above. Logged.
+        neighbours: the (N, k1) lists already found (e.g. gathered from every rank's share);
+            `search` is then not run.
 
     Labels are numbered 0..K-1 in order of first appearance, so the same partition always gets
     the same labels.
     """
     from sklearn.cluster import DBSCAN
 
-    features = np.asarray(features, dtype=np.float32)
-    if len(features) == 0:
+    n = len(features)
+    if n == 0:
         return np.zeros(0, dtype=np.int64)
-    dist = jaccard_distance(features, k1=k1, k2=k2, max_distance=eps)
-    # sklearn treats stored entries as the neighbourhood graph: absent pairs are never neighbours,
-    # which is right since their distance (1) exceeds any eps < 1.
-    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(dist)
+    if neighbours is None:
+        start = time.perf_counter()
+        how = resolve_search(search, n, exact_max)
+        neighbours = knn(features, k1, how, **approximate)
+        logger.info(f"kNN of {n} rows: {how} search ({search!r}, exact up to {exact_max} rows), "
+                    f"{time.perf_counter() - start:.1f} s")
+    V = _expanded_weights(features, k1, k2, neighbours)
+    graph = _mass_to_distance(_dbscan_graph(V, _min_mass(eps), min_samples))
+    # sklearn treats stored entries as the neighbourhood graph: absent pairs are never neighbours
+    # (pairs left out by _dbscan_graph cannot change the labels; the others are beyond eps).
+    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(graph)
     return relabel_in_order(labels)
 
 
@@ -293,14 +273,3 @@ def relabel_in_order(labels):
     rank[np.argsort(first, kind="stable")] = np.arange(len(first))
     out[mask] = rank[inverse]
     return out
-
-
-def clustered_features(n, d=512, per_identity=6, seed=0):
-    """Test and benchmark data: n unit vectors (d-dim) around n / per_identity identity centres,
-    each with its own noise level (the noisiest end up as outliers)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(max(1, n // per_identity), d))
-    labels = rng.integers(0, len(centres), n)
-    noise = rng.normal(size=(n, d)) * rng.uniform(0.2, 1.2, (n, 1))
-    x = centres[labels] / np.sqrt(d) * 4 + noise / np.sqrt(d)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)

@@ -1,0 +1,239 @@
+"""k nearest neighbours for the pseudo-label pass: exact or approximate, over every row or over
+one rank's share of the rows. Arrays in, arrays out; no trainer state, no process group.
+
+- Exact: blocked matrix products in torch (on CUDA when present), a running top-k per row. The k
+  neighbours of a row are the first k under one total order (larger score first, then smaller
+  index), so that ties (duplicate captions are common) resolve the same way however the rows are
+  shared out, and a share of the rows gets exactly the lists the whole computation gives them.
+- Approximate: an inverted file (IVF): faiss's k-means cuts the rows into `nlist` cells; the
+  rows of a cell are scored against the rows of the `nprobe` cells whose centres are nearest to
+  that cell's centre, one blocked matrix product per cell. Scanning cell by cell (instead of
+  faiss's IndexIVFFlat, query by query) keeps the work in BLAS: on this project's 2-core
+  machine faiss-cpu's scanner (no AVX2 build) took longer at 200k rows than the exact search.
+
+With several processes, each computes a share (`knn_share`): whole blocks of rows for the exact
+search, whole cells for the approximate one, so that every matrix product has the shape it has in
+one process and the lists come out bit-identical. Every row's own index comes first in its list
+(duplicates would otherwise tie with it).
+"""
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+
+__all__ = ["SEARCHES", "knn", "knn_share", "resolve_search", "row_share", "ivf_lists", "BLOCK"]
+
+logger = logging.getLogger(__name__)
+
+SEARCHES = ("auto", "exact", "approximate")
+BLOCK = 2048  # rows per matrix product; shares of rows start on multiples of it (see row_share)
+
+
+def resolve_search(search, n, exact_max):
+    """"exact" or "approximate" for `search` over `n` rows: "auto" is exact up to `exact_max`."""
+    if search not in SEARCHES:
+        raise ValueError(f"search {search!r} is not one of {', '.join(SEARCHES)}")
+    if search == "auto":
+        return "exact" if n <= exact_max else "approximate"
+    return search
+
+
+def row_share(n, rank, world_size, block=BLOCK):
+    """The rows (a slice) whose neighbours `rank` of `world_size` computes: whole blocks of
+    `block` rows, spread as evenly as whole blocks allow. Block-aligned shares make every matrix
+    product the same shape as in a single process, hence bit-identical scores."""
+    blocks = math.ceil(n / block)
+    lo, hi = (blocks * rank) // world_size, (blocks * (rank + 1)) // world_size
+    return slice(min(n, lo * block), min(n, hi * block))
+
+
+def ivf_lists(n, nlist=0):
+    """The number of IVF cells for `n` rows: `nlist` if set, else about 2 sqrt(n) (500 rows per
+    cell at a million), never more than n / 39 (faiss wants 39 training rows a cell)."""
+    if nlist > 0:
+        return max(1, min(nlist, n))
+    return max(1, min(int(round(2 * math.sqrt(n))), n // 39))
+
+
+def knn(features, k, search="exact", **options):
+    """Indices (N, k), int64, of the k nearest neighbours by L2 distance (cosine for unit
+    vectors) of every row of `features` (N, d) among all N, each row's own index first.
+    `search` is "exact" or "approximate" (resolve "auto" with `resolve_search`); `options` as
+    for `knn_share`."""
+    return knn_share(features, k, search, 0, 1, **options)[1]
+
+
+def knn_share(features, k, search, rank, world_size, nlist=0, nprobe=32, train_per_list=64,
+              device=None, block=BLOCK):
+    """The neighbour lists of the share of rows that `rank` of `world_size` computes, as (rows,
+    lists): rows (m,) int64 ascending, lists (m, k). Concatenated over the ranks and put in row
+    order, the shares give exactly `knn(features, k, search)`.
+
+    Args:
+        features: (N, d) float32 or float16 (used in float32 block by block).
+        k: neighbours per row, at most N.
+        search: "exact" or "approximate".
+        nlist, nprobe, train_per_list: the approximate search's cells (0 = `ivf_lists(N)`),
+            cells scanned per cell, and k-means training rows per cell.
+        device: torch device of the matrix products (default CUDA when available, else CPU).
+        block: rows per matrix product.
+    """
+    n = len(features)
+    k = min(k, n)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    x = _Rows(features, device)
+    if search == "exact":
+        share = row_share(n, rank, world_size, block)
+        return np.arange(share.start, share.stop), _exact(x, k, share, block)
+    if search == "approximate":
+        return _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block)
+    raise ValueError(f"search {search!r} must be 'exact' or 'approximate' here")
+
+
+class _Rows:
+    """The features, handed out as float32 blocks on the search's device; `score` turns dot
+    products into a ranking score: argmin ||a - b||^2 = argmax (a . b - |b|^2 / 2), and for
+    unit vectors (CLIP features) the second term is a constant and is skipped."""
+
+    def __init__(self, features, device):
+        self.x, self.device, self.n = torch.from_numpy(np.ascontiguousarray(features)), device, \
+            len(features)
+        self.unit = _is_unit(features)
+        self.half_sq = None if self.unit else \
+            0.5 * (self.x.float() ** 2).sum(dim=1).to(device)
+
+    def take(self, rows):
+        """Rows (a slice or an index tensor) as float32 on the device."""
+        return self.x[rows].to(self.device).float()
+
+    def score(self, dots, columns):
+        return dots if self.unit else dots - self.half_sq[None, columns]
+
+
+def _is_unit(x):
+    """True when every row has norm 1 (CLIP features): then dot products rank like distances."""
+    for lo in range(0, len(x), 65536):  # in chunks: no float32 copy of float16 features
+        chunk = np.asarray(x[lo:lo + 65536], dtype=np.float32)
+        if not np.allclose(np.einsum("ij,ij->i", chunk, chunk), 1.0, atol=2e-3):
+            return False
+    return True
+
+
+def _in_total_order(scores, indices):
+    """Each row's candidates sorted by (score descending, index ascending)."""
+    by_index = indices.argsort(dim=1)
+    scores, indices = scores.gather(1, by_index), indices.gather(1, by_index)
+    by_score = scores.argsort(dim=1, descending=True, stable=True)
+    return scores.gather(1, by_score), indices.gather(1, by_score)
+
+
+def _first_k(scores, k, indices=None, offset=0):
+    """Per row, the k best candidates under (score descending, index ascending), in no particular
+    order, as (scores, indices); the candidates' indices are `indices`, or offset + column.
+    topk's choice among values tied at the k-th place is arbitrary: the rows where the (k+1)-th
+    best equals the k-th are redone in the total order."""
+    kk = min(k, scores.shape[1])
+    top = scores.topk(min(kk + 1, scores.shape[1]), dim=1)
+    values, chosen = top.values[:, :kk], top.indices[:, :kk]
+    chosen = indices.gather(1, chosen) if indices is not None else chosen + offset
+    if top.values.shape[1] > kk:
+        crossing = top.values[:, kk] == top.values[:, kk - 1]
+        if bool(crossing.any()):
+            redo = crossing.nonzero().squeeze(1)
+            ids = indices[redo] if indices is not None else \
+                offset + torch.arange(scores.shape[1]).expand(len(redo), -1)
+            s, i = _in_total_order(scores[redo], ids.to(scores.device))
+            values[redo], chosen[redo] = s[:, :kk], i[:, :kk]
+    return values, chosen
+
+
+def _exact(x, k, rows, block):
+    """The lists of the rows in the slice `rows` (block-aligned), under the total order."""
+    n, device = x.n, x.device
+    lo, hi = rows.start, rows.stop
+    best_score = torch.full((hi - lo, k), -float("inf"), device=device)
+    best_index = torch.full((hi - lo, k), -1, dtype=torch.int64, device=device)
+
+    def merge(a, scores, b):
+        """Rows a.. keep their k best of the running lists and these scores (columns b..)."""
+        r = slice(a - lo, a - lo + scores.shape[0])
+        values, indices = _first_k(scores, k, offset=b)
+        best_score[r], best_index[r] = _first_k(torch.cat([best_score[r], values], dim=1), k,
+                                                torch.cat([best_index[r], indices], dim=1))
+
+    for a in range(lo, hi, block):
+        xa = x.take(slice(a, a + block))
+        for b in range(0, n, block):
+            if lo <= b < a:
+                continue  # done when a and b were swapped (both rows of this share)
+            dots = xa @ x.take(slice(b, b + block)).T
+            s = x.score(dots.clone() if b == a else dots, slice(b, b + block))
+            if b == a:
+                _own_first(s)
+            merge(a, s, b)
+            if b > a and b < hi:  # the same products, read by column, serve the rows of block b
+                merge(b, x.score(dots.T.contiguous(), slice(a, a + block)), a)
+    return _in_total_order(best_score, best_index)[1].cpu().numpy()
+
+
+def _own_first(scores, columns=None):
+    """Each query row's own column scores +inf (exact duplicates would tie with it): the
+    diagonal, or where `columns` (per row) points."""
+    i = torch.arange(scores.shape[0], device=scores.device)
+    scores[i, i if columns is None else columns] = float("inf")
+    return scores
+
+
+def _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block):
+    """IVF: the rows of each cell of this rank's share of cells, against the rows of the nprobe
+    cells nearest to the cell's centre."""
+    import faiss
+
+    start = time.perf_counter()
+    n, device = x.n, x.device
+    cells = ivf_lists(n, nlist)
+    probes = min(nprobe, cells)
+    # The same sample, seed and k-means on every rank, hence the same cells.
+    sample = np.sort(np.random.default_rng(1234).choice(n, min(n, cells * train_per_list),
+                                                        replace=False))
+    kmeans = faiss.Kmeans(x.x.shape[1], cells, niter=10, seed=1234, spherical=x.unit,
+                          max_points_per_centroid=train_per_list,
+                          gpu=device.type == "cuda" and hasattr(faiss, "StandardGpuResources"))
+    kmeans.train(np.ascontiguousarray(x.take(torch.from_numpy(sample)).cpu().numpy()))
+    centres = torch.from_numpy(kmeans.centroids).to(device)
+    # Each row's cell, in fixed blocks of rows (the same products on every rank).
+    cell_of = torch.cat([(x.take(slice(a, a + block)) @ centres.T -
+                          (0 if x.unit else 0.5 * (centres ** 2).sum(1))).argmax(dim=1)
+                         for a in range(0, n, block)]).cpu()
+    order = torch.argsort(cell_of, stable=True)  # rows grouped by cell, ascending within
+    bounds = torch.searchsorted(cell_of[order], torch.arange(cells + 1))
+    centre_scores = centres @ centres.T
+    _own_first(centre_scores)
+    near_cells = centre_scores.topk(probes, dim=1).indices.cpu()
+    mine = row_share(cells, rank, world_size, block=1)
+    rows_out, lists_out = [], []
+    for c in range(mine.start, mine.stop):
+        queries = order[bounds[c]:bounds[c + 1]]
+        if len(queries) == 0:
+            continue
+        candidates = torch.sort(torch.cat([order[bounds[p]:bounds[p + 1]]
+                                           for p in near_cells[c].tolist()])).values
+        if len(candidates) < k:  # too few rows nearby: this cell searches every row
+            candidates = torch.arange(n)
+        where = torch.searchsorted(candidates, queries)  # each query is among its candidates
+        xc = x.take(candidates)
+        for q in range(0, len(queries), block):
+            s = x.score(x.take(queries[q:q + block]) @ xc.T, candidates.to(device))
+            _own_first(s, where[q:q + block].to(device))
+            lists_out.append(_in_total_order(*_first_k(
+                s, k, candidates.to(device).expand(s.shape[0], -1)))[1].cpu())
+        rows_out.append(queries)
+    rows = torch.cat(rows_out) if rows_out else torch.zeros(0, dtype=torch.int64)
+    lists = torch.cat(lists_out) if lists_out else torch.zeros((0, k), dtype=torch.int64)
+    ordered = torch.argsort(rows)
+    logger.info(f"approximate kNN: IVF, {cells} cells (faiss k-means on {len(sample)} rows), "
+                f"each scanning its {probes} nearest; {len(rows)} rows x {k} neighbours in "
+                f"{time.perf_counter() - start:.1f} s")
+    return rows[ordered].numpy(), lists[ordered].numpy()

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from cpcl_plugin import CPCLTrainer
 from cpcl_plugin.clustering import cooccurrence, mine_outliers, pseudo_label_quality
 from cpcl_plugin.data import PseudoIdentitySampler
-from cpcl_plugin.modeling import (cross_prototype_loss, intra_prototype_loss, momentum_update,
-                                  sdm_loss)
+from cpcl_plugin.modeling import (PrototypeMemory, cross_prototype_loss, intra_prototype_loss,
+                                  momentum_update, sdm_loss)
 
 
 def unit(*rows):
@@ -31,7 +31,7 @@ def oplm_case():
 def test_oplm_recovers_through_the_paired_modality():
     y_v, y_t, stats = mine_outliers(*oplm_case(), threshold=0.5)
     # Image 3's caption has text label 1, which co-occurs with image labels {0} (pair 1) only...
-    assert cooccurrence([0, 0, 1, -1], [0, 1, -1, 1], 2, 2).tolist() == [[1, 1], [0, 0]]
+    assert cooccurrence([0, 0, 1, -1], [0, 1, -1, 1], 2, 2).toarray().tolist() == [[1, 1], [0, 0]]
     # ... so its only candidate is image cluster 0, whose prototype is far: cos < 0.5, stays -1.
     assert y_v.tolist() == [0, 0, 1, -1]
     # Caption 2's image is in image cluster 1, which co-occurs with no text label: stays -1.
@@ -58,6 +58,44 @@ def test_oplm_leaves_double_outliers_alone():
     y_v, y_t, _ = mine_outliers(np.array([0, 0, -1]), np.array([0, 0, -1]), np.arange(3),
                                 unit([1, 0], [1, 0], [1, 0]), unit([1, 0], [1, 0], [1, 0]), 0.0)
     assert y_v[2] == -1 and y_t[2] == -1
+
+
+def _mine_outliers_one_by_one(image_labels, text_labels, pair_image, image_f, text_f, threshold):
+    """design.md's OPLM written plainly, outlier by outlier, on a dense co-occurrence."""
+    kv, kt = image_labels.max(initial=-1) + 1, text_labels.max(initial=-1) + 1
+    pair_a = image_labels[pair_image]
+    A = cooccurrence(pair_a, text_labels, kv, kt).toarray()
+    y_v, y_t = image_labels.copy(), text_labels.copy()
+
+    def best(f, cands, features, labels):
+        protos = [features[labels == k].astype(np.float64).sum(0) for k in cands]
+        sims = [np.float32(f.astype(np.float32) @ (p / np.linalg.norm(p)).astype(np.float32))
+                for p in protos]
+        return cands[int(np.argmax(sims))] if sims and max(sims) >= threshold else -1
+    for i in np.flatnonzero(image_labels < 0):
+        b = text_labels[(pair_image == i) & (text_labels >= 0)]
+        y_v[i] = best(image_f[i], np.flatnonzero(A[:, b].sum(1) > 0), image_f, image_labels)
+    for c in np.flatnonzero(text_labels < 0):
+        cands = np.flatnonzero(A[pair_a[c]] > 0) if pair_a[c] >= 0 else []
+        y_t[c] = best(text_f[c], cands, text_f, text_labels)
+    return y_v, y_t
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sparse_oplm_equals_the_plain_definition(seed):
+    rng = np.random.default_rng(seed)
+    pair_image = np.repeat(np.arange(40), rng.integers(1, 4, 40))
+    image_labels, text_labels = rng.integers(-1, 6, 40), rng.integers(-1, 7, len(pair_image))
+    image_f, text_f = (unit(*rng.normal(size=(n, 4))) for n in (40, len(pair_image)))
+    if seed % 2:  # float16 features, as the pseudo-label pass stores them; ties between labels
+        image_f, text_f = np.round(image_f).astype(np.float16), np.round(text_f).astype(np.float16)
+    for threshold in (-1.0, 0.3, 0.9):
+        y_v, y_t, stats = mine_outliers(image_labels, text_labels, pair_image, image_f, text_f,
+                                        threshold)
+        ref_v, ref_t = _mine_outliers_one_by_one(image_labels, text_labels, pair_image, image_f,
+                                                 text_f, threshold)
+        assert y_v.tolist() == ref_v.tolist() and y_t.tolist() == ref_t.tolist()
+        assert stats["image_recovered"] == int((ref_v[image_labels < 0] >= 0).sum())
 
 
 def test_pseudo_label_quality_monitoring():
@@ -91,7 +129,7 @@ def test_cross_prototype_loss_counts_every_cooccurring_prototype():
     f = torch.tensor([[1.0, 0.0]])
     P_other = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
     A = torch.tensor([[True, True, False]])  # own label 0 co-occurs with other labels 0 and 1
-    loss = cross_prototype_loss(f, P_other, torch.tensor([0]), A, temperature=1.0)
+    loss = cross_prototype_loss(f, P_other, torch.tensor([0]), A[[0]], temperature=1.0)
     e = np.exp([1.0, 0.0, -1.0])
     assert loss.item() == pytest.approx(-np.log((e[0] + e[1]) / e.sum()), rel=1e-5)
     nothing = torch.tensor([[False, False, False]])
@@ -104,12 +142,71 @@ def test_cross_losses_use_the_cooccurrence_in_both_directions():
     P_img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     P_txt = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     f = torch.tensor([[0.8, 0.6]])
-    v2t = cross_prototype_loss(f, P_txt, torch.tensor([0]), A, 1.0)
+    v2t = cross_prototype_loss(f, P_txt, torch.tensor([0]), A[[0]], 1.0)
     e = np.exp([0.8, 0.6, 0.96])
     assert v2t.item() == pytest.approx(-np.log((e[0] + e[2]) / e.sum()), rel=1e-5)
-    t2v = cross_prototype_loss(f, P_img, torch.tensor([2]), A.t(), 1.0)  # text 2 ~ image {0}
+    t2v = cross_prototype_loss(f, P_img, torch.tensor([2]), A.t()[[2]], 1.0)  # text 2 ~ image {0}
     e = np.exp([0.8, 0.6])
     assert t2v.item() == pytest.approx(-np.log(e[0] / e.sum()), rel=1e-5)
+
+
+def _dense_cross_loss(features, other_prototypes, labels, A, temperature):
+    """The cross-modal loss from a dense (K_own, K_other) co-occurrence, as it was computed
+    before the memory went sparse."""
+    ok = (labels >= 0) & A[labels.clamp(min=0)].any(dim=1)
+    if not ok.any():
+        return 0.0
+    log_p = F.log_softmax(features[ok] @ other_prototypes.t() / temperature, dim=1)
+    return -torch.logsumexp(log_p.masked_fill(~A[labels[ok]], float("-inf")), dim=1).mean()
+
+
+def _random_memory(rng, kv=7, kt=9, pairs=12):
+    memory = PrototypeMemory()
+    A = cooccurrence(rng.integers(-1, kv, pairs), rng.integers(-1, kt, pairs), kv, kt)
+    memory.rebuild(unit(*rng.normal(size=(kv, 4))), unit(*rng.normal(size=(kt, 4))), A)
+    return memory, torch.as_tensor(A.toarray() > 0)
+
+
+def test_sparse_memory_gives_the_dense_losses():
+    """The batch's rows of the sparse co-occurrence give the losses of the dense matrix, both
+    directions, with outliers and labels that co-occur with nothing in the batch."""
+    rng = np.random.default_rng(0)
+    memory, A = _random_memory(rng)
+    f = torch.as_tensor(unit(*rng.normal(size=(16, 4))))
+    a, b = torch.as_tensor(rng.integers(-1, 7, 16)), torch.as_tensor(rng.integers(-1, 9, 16))
+    assert torch.equal(memory.cooccurring_texts(a)[a >= 0], A[a[a >= 0]])
+    assert not memory.cooccurring_texts(a)[a < 0].any()
+    for own, other, labels, rows, dense in (
+            ("image", memory.text_prototypes, a, memory.cooccurring_texts(a), A),
+            ("text", memory.image_prototypes, b, memory.cooccurring_images(b), A.t())):
+        loss = cross_prototype_loss(f, other, labels, rows, 0.05)
+        assert loss.item() == _dense_cross_loss(f, other, labels, dense, 0.05).item(), own
+
+
+def test_memory_checkpoint_state_is_sparse_and_old_dense_states_load(tmp_path):
+    rng = np.random.default_rng(1)
+    memory, A = _random_memory(rng)
+    state = memory.export_state()
+    assert all(isinstance(t, torch.Tensor) for t in state.values())
+    assert state["image_to_text_indices"].numel() == int(A.sum())  # non-zeros only
+    torch.save(state, tmp_path / "memory.pth")
+    restored = PrototypeMemory()
+    restored.import_state(torch.load(tmp_path / "memory.pth", weights_only=True))
+    labels = torch.arange(-1, 9)
+    assert torch.equal(restored.cooccurring_images(labels), memory.cooccurring_images(labels))
+    for k, v in restored.export_state().items():
+        assert torch.equal(v, state[k]), k
+    # A checkpoint of before the sparse memory: the dense bool co-occurrence.
+    old = PrototypeMemory()
+    old.import_state({"image_prototypes": state["image_prototypes"],
+                      "text_prototypes": state["text_prototypes"], "cooccurrence": A})
+    for k, v in old.export_state().items():
+        assert torch.equal(v, state[k]), k
+    empty = PrototypeMemory()
+    nothing = torch.zeros(0, 0)
+    empty.import_state({"image_prototypes": nothing, "text_prototypes": nothing,
+                        "cooccurrence": nothing.bool()})
+    assert not empty.ready
 
 
 def test_sdm_loss_is_zero_for_a_perfect_match_of_distinct_labels():
@@ -237,15 +334,31 @@ def test_training_ignores_identity_labels(tiny_cfg, monkeypatch):
     (["PSEUDO.MIN_SAMPLES", "1000", "PSEUDO.OPLM.ENABLED", "False"], False),  # all outliers
     (["PSEUDO.EPS", "0.999", "PSEUDO.MIN_SAMPLES", "1"], True),               # one big cluster
 ])
-def test_degenerate_clusterings_keep_training(tiny_cfg, opts, expect_prototypes):
+def test_degenerate_clusterings_keep_training(tiny_cfg, opts, expect_prototypes, caplog,
+                                             monkeypatch):
+    import logging
+
+    from cpcl_plugin.engine import pseudo_labels
     from fastreid.utils.events import EventStorage
+    extracted = []
+
+    def recording(*args, **kwargs):
+        features = real_extract(*args, **kwargs)
+        extracted.append((features[0].dtype, features[1].dtype))
+        return features
+    real_extract = pseudo_labels.extract_features
+    monkeypatch.setattr(pseudo_labels, "extract_features", recording)
     trainer = CPCLTrainer(tiny_cfg(*opts))
-    with EventStorage(0) as trainer.storage:
+    with EventStorage(0) as trainer.storage, caplog.at_level(logging.INFO, "cpcl_plugin"):
         trainer.epoch = trainer.iter = 0
         trainer.pseudo_label_hook.trainer = trainer
         trainer.pseudo_label_hook.before_epoch()
         losses = trainer.model(trainer._next_batch())
         trainer.run_step()
     assert trainer.model.memory.ready == expect_prototypes
+    # Each pass logs its peak memory per rank, restarted at its start (Linux).
+    assert trainer.storage.latest()["pseudo/peak_memory_gb_rank0"][0] > 0
+    assert "peak memory per rank: " in caplog.text and "process peak" not in caplog.text
+    assert extracted == [(np.float16, np.float16)]  # the pass keeps half-precision features
     assert ("loss_v2v" in losses) == expect_prototypes
     assert all(torch.isfinite(v) for v in losses.values())

@@ -148,6 +148,19 @@ def test_evaluator_reorders_features_by_dataset_index():
     assert res["metric"] == pytest.approx((expected["mAP"] + expected["R1"]) / 2)
 
 
+def test_feature_collector_keeps_index_order_in_the_asked_dtype():
+    """float32 unless asked (evaluation, tools); the pseudo-label pass asks for float16."""
+    from cpcl_plugin.evaluation import FeatureCollector
+    feats = torch.nn.functional.normalize(torch.randn(7, 8), dim=1)
+    for dtype in (torch.float32, torch.float16):
+        collector = FeatureCollector(dtype) if dtype == torch.float16 else FeatureCollector()
+        collector.reset()
+        for chunk in (torch.tensor([4, 5, 6]), torch.tensor([0, 1, 2, 3])):
+            collector.process({"indices": chunk}, feats[chunk])
+        collected = collector.evaluate()["feats"]
+        assert collected.dtype == dtype and torch.equal(collected, feats.to(dtype))
+
+
 def test_evaluator_leaves_out_undecodable_gallery_images():
     """Images marked valid = 0 (DATASETS.SKIP_BAD_IMAGES) are not in the gallery."""
     q = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)

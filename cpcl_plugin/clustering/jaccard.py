@@ -23,7 +23,8 @@ import scipy.sparse as sp
 
 from .neighbours import knn, resolve_search
 
-__all__ = ["jaccard_distance", "cluster", "relabel_in_order", "EXACT_SEARCH_MAX"]
+__all__ = ["jaccard_distance", "cluster", "relabel_in_order", "outliers_as_singletons",
+           "EXACT_SEARCH_MAX"]
 
 logger = logging.getLogger(__name__)
 
@@ -273,3 +274,10 @@ def relabel_in_order(labels):
     rank[np.argsort(first, kind="stable")] = np.arange(len(first))
     out[mask] = rank[inverse]
     return out
+
+
+def outliers_as_singletons(labels):
+    """Labels with each outlier (-1) given a cluster of its own: how partitions with DBSCAN's
+    noise are compared (lumping the noise into one cluster would let it dominate an index)."""
+    labels = np.asarray(labels)
+    return np.where(labels >= 0, labels, labels.max(initial=0) + 1 + np.arange(len(labels)))

@@ -1,9 +1,14 @@
 """PseudoLabelHook: the per-epoch pseudo-label pass of CPCL.
 
 Before each epoch from PSEUDO.START_EPOCH: features of every unique training image and every
-caption, in eval mode with test transforms, in dataset-index order -> clustering per modality (rank
-0) -> OPLM -> labels sent to every rank -> prototype memory rebuilt -> labels handed to the training
+caption, in eval mode with test transforms, in dataset-index order -> k nearest neighbours per
+modality, each rank searching its share of the rows (gathered on rank 0) -> Jaccard distance and
+DBSCAN per modality (rank 0) -> OPLM -> labels sent to every rank -> prototype memory rebuilt -> labels handed to the training
 set and the P x K sampler. The model is back in train mode afterwards (inference_on_dataset).
+
+Built to scale to a million pairs: features are collected in float16 (every rank holds all of
+them), each rank sums only its share of the rows into the prototypes (one all-reduce combines the
+shares), and the co-occurrence is sparse. Each pass logs the peak memory of every rank.
 
 Training never reads identity labels. The one place that does is `_monitoring_identities`, used
 only to log how good the pseudo labels are, clearly apart from everything that trains.
@@ -14,17 +19,21 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
-from ..clustering import cluster, cooccurrence, mine_outliers, prototypes, pseudo_label_quality
+from ..clustering import (cluster, cooccurrence, knn_share, mine_outliers, pseudo_label_quality,
+                          resolve_search, row_share)
+from ..clustering.oplm import label_sums, normalized_rows
 from ..data.build import build_feature_loader, flatten_pairs
 from ..data.datasets import build_dataset
 from ..evaluation.features import extract_features
+from ..utils.memory import PeakMemory
 from ..utils.progress import Progress
 
-__all__ = ["PseudoLabelHook", "unwrap", "clustering_settings"]
+__all__ = ["PseudoLabelHook", "unwrap", "clustering_settings", "memory_contents"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +45,39 @@ def unwrap(model):
 def clustering_settings(cfg):
     """The keyword arguments of `cluster` that PSEUDO configures (the same for both modalities)."""
     p = cfg.PSEUDO
-    return dict(eps=p.EPS, min_samples=p.MIN_SAMPLES, k1=p.K1, k2=p.K2)
+    return dict(eps=p.EPS, min_samples=p.MIN_SAMPLES, k1=p.K1, k2=p.K2, search=p.SEARCH,
+                exact_max=p.EXACT_MAX, **search_options(cfg))
+
+
+def search_options(cfg):
+    """The approximate search's settings (PSEUDO.IVF), as `knn_share` names them."""
+    ivf = cfg.PSEUDO.IVF
+    return dict(nlist=ivf.NLIST, nprobe=ivf.NPROBE, train_per_list=ivf.TRAIN_PER_LIST)
+
+
+def shared_neighbours(features, k, search, options, rank=0, world_size=1):
+    """The (N, k) nearest-neighbour lists of `features` on rank 0 (None on the other ranks):
+    each rank searches its share of the rows (`knn_share`, on its own device), the shares are
+    gathered on rank 0. Identical to one process searching everything. A rank whose search fails
+    sends its error, which rank 0 raises, so that no rank waits for ever."""
+    if len(features) == 0:
+        return np.zeros((0, 0), dtype=np.int64) if rank == 0 else None
+    try:
+        share = knn_share(features, min(k, len(features)), search, rank, world_size, **options)
+        share = (share[0], share[1].astype(np.int32))  # half the bytes to send
+    except Exception as err:
+        share = err
+    shares = comm.gather(share, dst=0) if world_size > 1 else [share]
+    if rank != 0:
+        return None
+    failed = [(r, s) for r, s in enumerate(shares) if isinstance(s, Exception)]
+    if failed:
+        raise RuntimeError(f"the neighbour search failed on rank {failed[0][0]}: "
+                           f"{failed[0][1]!r}")
+    lists = np.empty((len(features), min(k, len(features))), dtype=np.int64)
+    for rows, part in shares:
+        lists[rows] = part
+    return lists
 
 
 def _digest(*arrays):
@@ -48,6 +89,40 @@ def _digest(*arrays):
 
 def _memory_digest(memory):
     return _digest(*[t.numpy() for t in memory.export_state().values()])
+
+
+def _all_reduce_sum(array):
+    """The element-wise sum of `array` over all ranks, identical on every rank (one all-reduce
+    of the world group; through the GPU where the backend is NCCL, which reduces CUDA tensors
+    only)."""
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.from_numpy(array).to(device)
+    dist.all_reduce(tensor)
+    return tensor.cpu().numpy()
+
+
+def memory_contents(image_features, text_features, image_labels, text_labels, pair_image,
+                    rank=0, world_size=1):
+    """The inputs of PrototypeMemory.rebuild: (image prototypes (K_v, d), text prototypes
+    (K_t, d), sparse co-occurrence (K_v, K_t)) from every image's and caption's feature and label.
+
+    Every rank holds all the features and labels; each sums only its share of the rows (float64
+    sums, features may be float16), the two sum matrices go through one all-reduce together, and
+    the normalisation follows: every rank ends with the same bits. The co-occurrence needs only
+    the labels, so each rank builds it alone. Call it on every rank of a `world_size` > 1 group.
+    """
+    image_labels, text_labels, pair_image = (np.asarray(a, dtype=np.int64) for a in
+                                             (image_labels, text_labels, pair_image))
+    kv, kt = int(image_labels.max(initial=-1) + 1), int(text_labels.max(initial=-1) + 1)
+    # Rows [r N / W, (r + 1) N / W) of each modality (sums need no block alignment).
+    images, captions = (row_share(len(y), rank, world_size, block=1)
+                        for y in (image_labels, text_labels))
+    sums = np.concatenate([label_sums(image_features[images], image_labels[images], kv),
+                           label_sums(text_features[captions], text_labels[captions], kt)])
+    if world_size > 1:
+        sums = _all_reduce_sum(sums)
+    return (normalized_rows(sums[:kv]), normalized_rows(sums[kv:]),
+            cooccurrence(image_labels[pair_image], text_labels, kv, kt))
 
 
 class PseudoLabelHook(HookBase):
@@ -71,13 +146,17 @@ class PseudoLabelHook(HookBase):
             train_set.set_pseudo_labels(None, None)
             sampler.set_labels(None)
             return
-        start = time.perf_counter()
-        text_f, image_f, image_valid = extract_features(trainer.model,
-                                                        *build_feature_loader(cfg, train_set))
+        start, peak = time.perf_counter(), PeakMemory()
+        # float16: half the memory of the copy of every feature that each rank holds.
+        text_f, image_f, image_valid = extract_features(
+            trainer.model, *build_feature_loader(cfg, train_set), dtype=torch.float16)
+        neighbours = [self._neighbours(f, unit) for f, unit in ((image_f[image_valid], "images"),
+                                                                (text_f, "captions"))]
         labels = None
         if comm.is_main_process():
             try:
-                labels = self._cluster(image_f, text_f, train_set.pair_image, image_valid)
+                labels = self._cluster(image_f, text_f, train_set.pair_image, image_valid,
+                                       neighbours)
             except Exception as err:  # every rank must leave the collective below, then fail
                 labels = err
         if comm.get_world_size() > 1:
@@ -87,22 +166,48 @@ class PseudoLabelHook(HookBase):
         self.image_labels, self.text_labels, stats = labels
         self._apply(memory, train_set, sampler, image_f, text_f)
         stats["seconds"] = time.perf_counter() - start
-        self._report(stats)
+        self._report(stats, self._peak_memory_per_rank(peak))
 
-    def _cluster(self, image_f, text_f, pair_image, image_valid):
-        """Image and caption pseudo labels, OPLM, statistics. Images that could not be decoded
+    @staticmethod
+    def _peak_memory_per_rank(peak):
+        """[(resident GB, CUDA GB or None) of each rank], and whether the resident numbers are
+        the pass's own peaks (else the processes' lifetime peaks)."""
+        own = peak.gigabytes()
+        per_rank = comm.all_gather(own) if comm.get_world_size() > 1 else [own]
+        return per_rank, peak.since_start
+
+    def _neighbours(self, features, unit):
+        """This modality's neighbour lists on rank 0 (None elsewhere), every rank searching its
+        share; logs which search ran."""
+        p, start, world = self.cfg.PSEUDO, time.perf_counter(), comm.get_world_size()
+        how = resolve_search(p.SEARCH, len(features), p.EXACT_MAX)
+        lists = shared_neighbours(features, p.K1, how, search_options(self.cfg),
+                                  comm.get_rank(), world)
+        if comm.is_main_process():
+            ivf = p.IVF
+            settings = "" if how == "exact" else \
+                f" (PSEUDO.IVF: NLIST {ivf.NLIST}, NPROBE {ivf.NPROBE})"
+            logger.info(f"{how} kNN search over {len(features)} {unit}{settings}, PSEUDO.SEARCH "
+                        f"{p.SEARCH!r} (exact up to PSEUDO.EXACT_MAX {p.EXACT_MAX}), "
+                        f"{world} rank{'s' if world > 1 else ''}: "
+                        f"{time.perf_counter() - start:.1f} s")
+        return lists
+
+    def _cluster(self, image_f, text_f, pair_image, image_valid, neighbours):
+        """Image and caption pseudo labels, OPLM, statistics, from the gathered neighbour lists
+        (image ones over the decodable images). Images that could not be decoded
         (DATASETS.SKIP_BAD_IMAGES) are outliers, never clustered nor mined."""
         p, kwargs = self.cfg.PSEUDO, clustering_settings(self.cfg)
 
-        def cluster_with_progress(features, unit):
+        def cluster_with_progress(features, lists, unit):
             # Progress in the form of every long step (start and end: cluster() is one call).
             with Progress(f"clustering {len(features)} {unit}", len(features), unit) as progress:
-                labels = cluster(features, **kwargs)
+                labels = cluster(features, neighbours=lists, **kwargs)
                 progress.update(len(features))
             return labels
         y_v = np.full(len(image_f), -1, dtype=np.int64)
-        y_v[image_valid] = cluster_with_progress(image_f[image_valid], "images")
-        y_t = cluster_with_progress(text_f, "captions")
+        y_v[image_valid] = cluster_with_progress(image_f[image_valid], neighbours[0], "images")
+        y_t = cluster_with_progress(text_f, neighbours[1], "captions")
         stats = {"skipped_images": int((~image_valid).sum()),
                  "image_clusters": int(y_v.max(initial=-1) + 1), "image_outliers": int((y_v < 0).sum()),
                  "text_clusters": int(y_t.max(initial=-1) + 1), "text_outliers": int((y_t < 0).sum()),
@@ -120,10 +225,9 @@ class PseudoLabelHook(HookBase):
     def _apply(self, memory, train_set, sampler, image_f, text_f):
         """Memory, training set and sampler take the current labels (identically on every rank)."""
         y_v, y_t = self.image_labels, self.text_labels
-        kv, kt = int(y_v.max(initial=-1) + 1), int(y_t.max(initial=-1) + 1)
+        memory.rebuild(*memory_contents(image_f, text_f, y_v, y_t, train_set.pair_image,
+                                        comm.get_rank(), comm.get_world_size()))
         pair_a = y_v[train_set.pair_image]
-        memory.rebuild(prototypes(image_f, y_v, kv), prototypes(text_f, y_t, kt),
-                       cooccurrence(pair_a, y_t, kv, kt))
         train_set.set_pseudo_labels(pair_a, y_t)
         sampler.set_labels(pair_a)
 
@@ -145,7 +249,7 @@ class PseudoLabelHook(HookBase):
             self._true_ids = (image_ids, caption_ids)
         return self._true_ids
 
-    def _report(self, stats):
+    def _report(self, stats, peak_memory):
         epoch = self.trainer.epoch
         logger.debug(f"Pseudo-label digest (rank {comm.get_rank()}, epoch {epoch}): "
                      f"{_digest(self.image_labels, self.text_labels)} memory "
@@ -160,6 +264,15 @@ class PseudoLabelHook(HookBase):
             line += (f"; {stats['skipped_images']} undecodable images left out as outliers "
                      f"(DATASETS.SKIP_BAD_IMAGES)")
         scalars = {f"pseudo/{k}": float(v) for k, v in stats.items()}
+        per_rank, since_start = peak_memory
+        line += (f"; peak memory per rank: {', '.join(f'{r:.2f}' for r, _ in per_rank)} GB"
+                 + ("" if since_start else " (process peak)"))
+        if per_rank[0][1] is not None:
+            line += f", CUDA {', '.join(f'{c:.2f}' for _, c in per_rank)} GB"
+        for rank, (resident, cuda) in enumerate(per_rank):
+            scalars[f"pseudo/peak_memory_gb_rank{rank}"] = resident
+            if cuda is not None:
+                scalars[f"pseudo/peak_cuda_memory_gb_rank{rank}"] = cuda
         image_ids, caption_ids = self._monitoring_identities()
         history = dict(stats, epoch=epoch)
         before = self._before_oplm or (None, None)

@@ -1,5 +1,6 @@
 """Caption and image features in dataset order, on every rank: the one path shared by the
 pseudo-label pass, retrieval (tools/retrieve.py) and feature export (tools/export_features.py)."""
+import torch
 from fastreid.data.transforms import build_transforms
 from fastreid.evaluation import inference_on_dataset
 from fastreid.utils import comm
@@ -40,14 +41,15 @@ def run_inference(model, loader, evaluator, step, flip_test=False, unit="items")
                                     flip_test)
 
 
-def extract_features(model, loader, num_captions, step=None):
-    """(caption features, image features, image decodable mask) as float32 numpy arrays, from a
-    captions-then-images loader; the model is in eval mode meanwhile (FastReID's inference).
-    `step` names the pass in the progress lines (default: what it encodes)."""
+def extract_features(model, loader, num_captions, step=None, dtype=torch.float32):
+    """(caption features, image features, image decodable mask) as numpy arrays, the features of
+    torch `dtype` (float32 unless asked: evaluation and the tools; the pseudo-label pass asks for
+    float16), from a captions-then-images loader; the model is in eval mode meanwhile (FastReID's
+    inference). `step` names the pass in the progress lines (default: what it encodes)."""
     num_images = len(loader.dataset) - num_captions
     step = step or f"encoding {num_captions} captions and {num_images} images"
     unit = "images" if num_captions == 0 else "captions" if num_images == 0 else "items"
-    collected = run_inference(model, loader, FeatureCollector(), step, unit=unit)
+    collected = run_inference(model, loader, FeatureCollector(dtype), step, unit=unit)
     feats, valid = collected["feats"].numpy(), collected["valid"].numpy()
     return feats[:num_captions], feats[num_captions:], valid[num_captions:]
 

@@ -155,14 +155,19 @@ def gather_in_index_order(predictions, all_ranks=False):
 
 class FeatureCollector(DatasetEvaluator):
     """Collects features from `inference_on_dataset` and returns them, on every rank, as one
-    tensor in dataset-index order (never in loader order)."""
+    tensor in dataset-index order (never in loader order), of `dtype` (float32 by default; the
+    pseudo-label pass takes float16, halving the copy of every feature that each rank holds)."""
+
+    def __init__(self, dtype=torch.float32):
+        self.dtype = dtype
+        self._predictions = []
 
     def reset(self):
         self._predictions = []
 
     def process(self, inputs, outputs):
         self._predictions.append({"indices": torch.as_tensor(inputs["indices"]).cpu(),
-                                  "feats": outputs.float().cpu(), "valid": _valid(inputs)})
+                                  "feats": outputs.to(self.dtype).cpu(), "valid": _valid(inputs)})
 
     def evaluate(self):
         return gather_in_index_order(self._predictions, all_ranks=True)

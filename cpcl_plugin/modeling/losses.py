@@ -50,18 +50,17 @@ def intra_prototype_loss(features, prototypes, labels, temperature):
     return F.cross_entropy(logits, labels[ok])
 
 
-def cross_prototype_loss(features, other_prototypes, labels, cooccurrence, temperature):
+def cross_prototype_loss(features, other_prototypes, labels, cooccurring, temperature):
     """Many-to-many cross-modal prototype loss: -log of the softmax mass (over the other modality's
     prototypes) that falls on the prototypes co-occurring with the sample's own label.
 
-    `cooccurrence` is (K_own, K_other) boolean; samples without a label, or whose label co-occurs
-    with nothing, are left out; 0 when none is left.
+    `cooccurring` is (B, K_other) boolean, row i the other modality's labels that co-occur with
+    labels[i] (PrototypeMemory.cooccurring_texts / cooccurring_images: only the batch's rows of
+    the co-occurrence, never the K_own x K_other matrix). Samples without a label, or whose label
+    co-occurs with nothing, are left out; 0 when none is left.
     """
-    ok = labels >= 0
-    if ok.any():
-        ok = ok & cooccurrence[labels.clamp(min=0)].any(dim=1)
+    ok = (labels >= 0) & cooccurring.any(dim=1)
     if not ok.any() or other_prototypes.shape[0] == 0:
         return features.sum() * 0.0
     log_p = F.log_softmax(features[ok] @ other_prototypes.t() / temperature, dim=1)
-    mask = cooccurrence[labels[ok]]
-    return -torch.logsumexp(log_p.masked_fill(~mask, float("-inf")), dim=1).mean()
+    return -torch.logsumexp(log_p.masked_fill(~cooccurring[ok], float("-inf")), dim=1).mean()

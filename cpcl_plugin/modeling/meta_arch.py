@@ -119,7 +119,9 @@ class CPCL(nn.Module):
                     text_features, m.text_prototypes, text_labels, tau)
         if self.cross_weight > 0:
             losses["loss_v2t"] = self.cross_weight * cross_prototype_loss(
-                image_features, m.text_prototypes, image_labels, m.cooccurrence, tau)
+                image_features, m.text_prototypes, image_labels, m.cooccurring_texts(image_labels),
+                tau)
             losses["loss_t2v"] = self.cross_weight * cross_prototype_loss(
-                text_features, m.image_prototypes, text_labels, m.cooccurrence.t(), tau)
+                text_features, m.image_prototypes, text_labels, m.cooccurring_images(text_labels),
+                tau)
         return losses

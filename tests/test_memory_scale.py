@@ -1,0 +1,115 @@
+"""The pseudo-label pass built to scale (issue 13): kNN shared across ranks, identical to one
+process; prototypes from per-rank shares of the rows combined by one all-reduce, identical on every
+rank; float16 features; the peak-memory measurement."""
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from cpcl_plugin.clustering import cluster, clustered_features, knn
+from cpcl_plugin.engine.pseudo_labels import memory_contents, shared_neighbours
+from cpcl_plugin.modeling import PrototypeMemory
+from cpcl_plugin.utils.memory import PeakMemory
+
+WORLD_SIZE = 2
+
+
+def _inputs():
+    """101 images (an odd count: the ranks' shares differ in size), 1-3 captions each, labels with
+    outliers and a label whose members all fall in one rank's share; float16 features."""
+    rng = np.random.default_rng(0)
+    pair_image = np.repeat(np.arange(101), rng.integers(1, 4, 101))
+    image_labels = rng.integers(-1, 9, 101)
+    image_labels[:10] = 9  # only in rank 0's share
+    text_labels = rng.integers(-1, 12, len(pair_image))
+    features = [rng.normal(size=(n, 16)) for n in (101, len(pair_image))]
+    image_f, text_f = (f / np.linalg.norm(f, axis=1, keepdims=True) for f in features)
+    return image_f.astype(np.float16), text_f.astype(np.float16), image_labels, text_labels, \
+        pair_image
+
+
+def _memory_state(image_f, text_f, image_labels, text_labels, pair_image, rank, world_size):
+    memory = PrototypeMemory()
+    memory.rebuild(*memory_contents(image_f, text_f, image_labels, text_labels, pair_image,
+                                    rank, world_size))
+    return memory.export_state()
+
+
+def _search_inputs():
+    """Features whose searches cross rank boundaries: 5,000 rows (3 blocks of 2,048 rows for the
+    exact search's shares), float16 as the pass stores them, with runs of exact duplicates (ties
+    that must resolve the same way on every share)."""
+    x = clustered_features(5000, d=64, seed=3)
+    x[100:160] = x[99]
+    x[2040:2060] = x[4990]  # duplicates on both sides of a share boundary
+    return x.astype(np.float16)
+
+
+SEARCHES = {"exact": {}, "approximate": {"nprobe": 4}}
+
+
+def _rank_worker(rank, folder):
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank,
+                            world_size=WORLD_SIZE)
+    try:
+        torch.save(_memory_state(*_inputs(), rank, WORLD_SIZE), f"{folder}/memory_{rank}.pth")
+        for search, options in SEARCHES.items():
+            lists = shared_neighbours(_search_inputs(), 30, search, options, rank, WORLD_SIZE)
+            assert (lists is None) == (rank != 0)
+            if rank == 0:
+                np.save(f"{folder}/{search}.npy", lists)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """One 2-process gloo run of everything the ranks share (spawning costs the imports)."""
+    folder = tmp_path_factory.mktemp("two_ranks")
+    mp.spawn(_rank_worker, args=(str(folder),), nprocs=WORLD_SIZE, join=True)
+    return folder
+
+
+@pytest.mark.parametrize("search", list(SEARCHES))
+def test_two_ranks_find_the_neighbours_and_labels_of_one_process(two_ranks, search):
+    x = _search_inputs()
+    single = knn(x, 30, search, **SEARCHES[search])
+    shared = np.load(two_ranks / f"{search}.npy")
+    assert np.array_equal(shared, single)
+    assert np.array_equal(shared[:, 0], np.arange(len(x)))  # each row's own index first
+    assert np.array_equal(cluster(x, neighbours=shared), cluster(x, search=search,
+                                                                  **SEARCHES[search]))
+
+
+def test_two_ranks_build_bit_identical_memory_equal_to_one_process(two_ranks):
+    tmp_path = two_ranks
+    states = [torch.load(tmp_path / f"memory_{r}.pth", weights_only=True)
+              for r in range(WORLD_SIZE)]
+    single = _memory_state(*_inputs(), 0, 1)
+    assert states[0].keys() == states[1].keys() == single.keys()
+    for key in single:
+        assert torch.equal(states[0][key], states[1][key]), key  # the same bits on every rank
+        assert torch.allclose(states[0][key], single[key], rtol=0, atol=1e-6), key
+    assert single["image_prototypes"].shape == (10, 16)  # float16 in, float32 prototypes out
+    assert single["image_prototypes"].dtype == torch.float32
+
+
+def test_prototypes_from_float16_features_match_float32():
+    image_f, text_f, *rest = _inputs()
+    half = memory_contents(image_f, text_f, *rest)
+    full = memory_contents(image_f.astype(np.float32), text_f.astype(np.float32), *rest)
+    for h, f in zip(half[:2], full[:2]):
+        assert np.array_equal(h, f)  # float16 values are exact in float32: the same sums
+    assert (half[2] != full[2]).nnz == 0
+
+
+def test_peak_memory_is_that_of_the_measured_stretch():
+    peak = PeakMemory()
+    assert peak.since_start  # Linux: the resident peak can be restarted
+    block = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB, touched
+    resident, cuda = peak.gigabytes()
+    del block
+    later = PeakMemory()  # restarted after the block is freed: it is not in this peak
+    assert resident > 0.06 and later.gigabytes()[0] < resident - 0.05
+    assert (cuda is None) == (not torch.cuda.is_available() or not torch.cuda.is_initialized())

@@ -27,7 +27,9 @@ Patches, and why:
 - ``launch_gloo``: ``fastreid.engine.launch._distributed_worker`` asserts CUDA, hard-codes NCCL and
   calls ``torch.cuda.set_device``. The replacement uses gloo and no CUDA call when CUDA is absent
   or when ``CPCL_DEVICE=cpu`` is in the environment (``tools/train_net.py`` sets it from
-  ``MODEL.DEVICE`` before launching), and behaves exactly as before otherwise.
+  ``MODEL.DEVICE`` before launching), and behaves exactly as before otherwise. It shares its
+  steps (process group, then FastReID's per-machine group) with `environment_process_group`,
+  which joins the process group that torchrun or SLURM describe instead of spawning.
 
 Patches that keep a FastReID user's own image re-id project working beside the plugin, along
 DefaultTrainer's train -> evaluate -> checkpoint path (``Baseline``, ``NaiveIdentitySampler``,
@@ -94,8 +96,8 @@ import os
 import sys
 import types
 
-__all__ = ["apply", "applied", "dist_backend", "registry_names", "writer_classes",
-           "ResultsVerificationError"]
+__all__ = ["apply", "applied", "dist_backend", "environment_process_group", "registry_names",
+           "writer_classes", "ResultsVerificationError"]
 
 _APPLIED = []
 _DONE = False
@@ -152,40 +154,77 @@ def dist_backend():
     return "nccl"
 
 
+def _join_process_group(backend, init_method, world_size, rank, local_rank, machine_rank):
+    """Initialise torch's default process group, then FastReID's per-machine group
+    (``comm._LOCAL_PROCESS_GROUP``, behind ``comm.get_local_rank``/``get_local_size``)."""
+    import torch
+    import torch.distributed as dist
+    from fastreid.utils import comm
+
+    if backend == "nccl":
+        # Before the first collective (the barrier, the gather below), which runs on this device.
+        torch.cuda.set_device(local_rank)
+    try:
+        dist.init_process_group(backend=backend, init_method=init_method, world_size=world_size,
+                                rank=rank)
+    except Exception:
+        logging.getLogger(__name__).error("Process group URL: %s", init_method)
+        raise
+    # synchronize is needed here to prevent a possible timeout after calling init_process_group
+    # (FastReID's note; maskrcnn-benchmark issue 172).
+    comm.synchronize()
+    # Each rank's machine, from every rank: under SLURM's cyclic task distribution the ranks of a
+    # machine are not contiguous, so they cannot be computed from the process counts.
+    machine_of_rank = [None] * world_size
+    dist.all_gather_object(machine_of_rank, machine_rank)
+    assert comm._LOCAL_PROCESS_GROUP is None
+    # new_group must be called by every rank for every group, in the same order.
+    for machine in sorted(set(machine_of_rank)):
+        group = dist.new_group([r for r, m in enumerate(machine_of_rank) if m == machine])
+        if machine == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+
+
+def _leave_process_group():
+    import torch.distributed as dist
+    from fastreid.utils import comm
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    comm._LOCAL_PROCESS_GROUP = None
+
+
 def _distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank,
                         dist_url, args):
     """FastReID's worker, with the backend chosen by `dist_backend()` and CUDA calls only on CUDA."""
     import torch
-    import torch.distributed as dist
-    from fastreid.utils import comm
 
     backend = dist_backend()
     if backend == "nccl":
         assert num_gpus_per_machine <= torch.cuda.device_count(), (
             f"--num-gpus {num_gpus_per_machine} asks for more GPUs than the "
             f"{torch.cuda.device_count()} this machine has")
-    global_rank = machine_rank * num_gpus_per_machine + local_rank
-    try:
-        dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size,
-                                rank=global_rank)
-    except Exception:
-        logging.getLogger(__name__).error("Process group URL: %s", dist_url)
-        raise
-    comm.synchronize()
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)
-    assert comm._LOCAL_PROCESS_GROUP is None
-    num_machines = world_size // num_gpus_per_machine
-    for i in range(num_machines):
-        ranks_on_i = list(range(i * num_gpus_per_machine, (i + 1) * num_gpus_per_machine))
-        group = dist.new_group(ranks_on_i)
-        if i == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = group
+    _join_process_group(backend, dist_url, world_size,
+                        machine_rank * num_gpus_per_machine + local_rank, local_rank, machine_rank)
     try:
         main_func(*args)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        _leave_process_group()
+
+
+@contextlib.contextmanager
+def environment_process_group(launch):
+    """Join, for the ``with`` block, the process group that torchrun's or SLURM's variables
+    describe (`launch`: a ``cpcl_plugin.engine.launch.EnvironmentLaunch``), through env://
+    initialisation and the same steps as the launcher's worker; yields the backend's name."""
+    os.environ.update(launch.torch_environment())  # what env:// reads; SLURM sets none of it
+    backend = dist_backend()
+    _join_process_group(backend, "env://", launch.world_size, launch.rank, launch.local_rank,
+                        launch.node_rank)
+    try:
+        yield backend
+    finally:
+        _leave_process_group()
 
 
 def _patch_launch():

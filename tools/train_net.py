@@ -3,11 +3,17 @@
 
     python tools/train_net.py --config-file configs/CPCL/cuhk.yml
     python tools/train_net.py --config-file configs/CPCL/cuhk.yml --num-gpus 4
+    torchrun --nproc_per_node 4 tools/train_net.py --config-file configs/CPCL/cuhk.yml
+    srun python tools/train_net.py --config-file configs/CPCL/cuhk.yml    # in an sbatch script
     python tools/train_net.py --config-file configs/CPCL/cuhk.yml --eval-only MODEL.WEIGHTS model.pth
     python tools/train_net.py --config-file configs/CPCL/cuhk.yml --resume
 
 DATASETS.TESTS entries may name a split ("CUHKPEDES:val"); with several, model_best is chosen
 on the first one and, after training, evaluated on all of them.
+
+Processes started by torchrun or srun are each one rank already (cpcl_plugin.engine.launch says
+how they are recognised): they join the process group their variables describe instead of
+spawning, and rank 0 checks the config and prepares data and weights before the others start.
 """
 import argparse
 import logging
@@ -16,18 +22,23 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cpcl_plugin import CPCLTrainer, ConfigError, DatasetError, load_config  # noqa: E402
+from cpcl_plugin import CPCLTrainer, ConfigError, DatasetError, compat, load_config  # noqa: E402
 from cpcl_plugin.config import check_batch_split, check_schedule  # noqa: E402
 from cpcl_plugin.data import build_dataset, parse_test_name  # noqa: E402
 from cpcl_plugin.engine.trainer import TrainingDiverged  # noqa: E402
 from cpcl_plugin.engine.checkpoint import (check_checkpoint_path, load_model_weights,  # noqa: E402
                                            load_trained_model)
+from cpcl_plugin.engine.launch import (Rank0Failed, detect_environment_launch,  # noqa: E402
+                                       gpu_shortage, launcher_conflict, run_on_rank0_first,
+                                       without_launch_variables)
 from cpcl_plugin.modeling.pretrained import ensure_pretrained_weights  # noqa: E402
 from fastreid.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from fastreid.utils import comm  # noqa: E402
 from fastreid.utils.env import seed_all_rng  # noqa: E402
 from fastreid.utils.logger import setup_logger  # noqa: E402
 from tabulate import tabulate  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 from torch.multiprocessing import ProcessExitedException  # noqa: E402
 
 logger = logging.getLogger("cpcl_plugin.train_net")
@@ -43,9 +54,31 @@ def setup(args):
         for handler in logging.getLogger(name).handlers:
             if getattr(handler, "stream", None) is sys.stdout:
                 handler.setLevel(logging.INFO)
+    summary = launch_summary(args)
+    if summary:
+        logger.info(summary)
     if cfg.SEED >= 0:
         seed_all_rng(cfg.SEED + comm.get_rank())
     return cfg
+
+
+def launch_summary(args):
+    """The log line naming the launcher that started this process, its rank and its machine's
+    share as FastReID's comm helpers see them, e.g. "Launched by torchrun: rank 1 of 2 (local
+    rank 1 of 2), gloo, master 127.0.0.1:29500"; None for a single process."""
+    if comm.get_world_size() == 1:
+        return None
+    # Set by run_launched_by_environment: the environment cannot tell it any more, as the
+    # process group's variables (RANK, WORLD_SIZE...) are now set whoever launched.
+    environment_launch = getattr(args, "environment_launch", None)
+    if environment_launch is None:
+        launcher, meeting = "FastReID's launcher", f"--dist-url {args.dist_url}"
+    else:
+        launcher = environment_launch.launcher
+        meeting = f"master {environment_launch.master_addr}:{environment_launch.master_port}"
+    return (f"Launched by {launcher}: rank {comm.get_rank()} of {comm.get_world_size()} (local "
+            f"rank {comm.get_local_rank()} of {comm.get_local_size()}), {dist.get_backend()}, "
+            f"{meeting}")
 
 
 def results_table(rows, dataset_names):
@@ -130,14 +163,14 @@ def evaluate_selected_checkpoint(cfg, model):
     return [(label, CPCLTrainer.test(cfg, model))]
 
 
-def launch_problems(args):
+def launch_problems(args, world_size):
     """The problems of the command line with a config (one sentence each): what --eval-only
-    needs, MODEL.WEIGHTS, and the batch split over the processes."""
+    needs, MODEL.WEIGHTS, and the batch split over the `world_size` processes."""
     def problems(cfg):
         found = []
         if args.eval_only and not cfg.MODEL.WEIGHTS:
             found.append("--eval-only needs a checkpoint: add MODEL.WEIGHTS path/to/model.pth.")
-        checks = [lambda: check_batch_split(cfg, args.num_gpus * args.num_machines)]
+        checks = [lambda: check_batch_split(cfg, world_size)]
         if cfg.MODEL.WEIGHTS:
             checks.append(lambda: check_checkpoint_path(cfg.MODEL.WEIGHTS))
         for check in checks:
@@ -149,12 +182,15 @@ def launch_problems(args):
     return problems
 
 
-def preflight(args):
-    """Check config, datasets and weights in the launching process, so that mistakes end with
-    one sentence before any worker starts (and the synthetic data are generated only once).
+def preflight(args, world_size=None):
+    """Check config, datasets and weights in the launching process (rank 0 of a torchrun or SLURM
+    launch), so that mistakes end with one sentence before any worker starts (and the synthetic
+    data are generated only once). `world_size`: the number of processes; by default FastReID's
+    launcher's, --num-gpus x --num-machines.
     First every problem of the config and command line, in one message (the values decide which
     data are read or generated); then the datasets, whose message says how to get them."""
-    cfg = load_config(args.config_file, args.opts, more_problems=launch_problems(args))
+    world_size = world_size or args.num_gpus * args.num_machines
+    cfg = load_config(args.config_file, args.opts, more_problems=launch_problems(args, world_size))
     datasets, num_pairs = {}, 0
     for name in cfg.DATASETS.NAMES:
         datasets[name] = build_dataset(cfg, name)
@@ -164,7 +200,6 @@ def preflight(args):
         if name not in datasets:
             datasets[name] = build_dataset(cfg, name)
         datasets[name].split(split)
-    world_size = args.num_gpus * args.num_machines
     batch = check_batch_split(cfg, world_size) * world_size
     if num_pairs < batch:
         raise ConfigError(f"The training set has {num_pairs} image-caption pairs, fewer than one "
@@ -204,7 +239,8 @@ def argument_parser():
                              "(default: off).")
     parser.add_argument("--num-gpus", type=int, default=1,
                         help="Processes to start on this machine, one per GPU (on CPU: gloo "
-                             "processes; default: %(default)s).")
+                             "processes; not under torchrun or srun, which start them "
+                             "themselves; default: %(default)s).")
     parser.add_argument("--num-machines", type=int, default=1,
                         help="Machines taking part in the run (default: %(default)s).")
     parser.add_argument("--machine-rank", type=int, default=0,
@@ -241,8 +277,64 @@ def parse_args(argv=None):
     return parser.parse_args(head + moved + overrides)
 
 
+def configured_device(args):
+    """MODEL.DEVICE of the command line's config, or "" where the config has a problem (rank 0's
+    preflight then reports it; the backend chosen meanwhile is the same on every rank)."""
+    try:
+        return load_config(args.config_file, args.opts, check=False).MODEL.DEVICE
+    except ConfigError:
+        return ""
+
+
+def run_launched_by_environment(args, launch):
+    """The rank `launch` describes (torchrun's or SLURM's process): join the process group, let
+    rank 0 run the preflight while the others wait, then train or evaluate in this process.
+    Returns the exit status."""
+    conflict = launcher_conflict(launch, args.num_gpus, args.num_machines)
+    if conflict:
+        if launch.rank == 0:  # every rank finds it; one says it
+            print(f"error: {conflict}", file=sys.stderr)
+        return 2
+    # Read by compat.dist_backend(): gloo for CPU runs. Every rank reads the config for it, as
+    # the backend is chosen before rank 0's preflight can say anything.
+    os.environ["CPCL_DEVICE"] = configured_device(args)
+    if compat.dist_backend() == "nccl":
+        shortage = gpu_shortage(launch, torch.cuda.device_count())
+        if shortage:
+            print(f"error: {shortage}", file=sys.stderr)
+            return 2
+    args.environment_launch = launch  # for the log's first lines (launch_summary)
+    with compat.environment_process_group(launch):
+        try:
+            run_on_rank0_first(lambda: preflight_alone(args, launch.world_size))
+        except (ConfigError, DatasetError) as err:  # rank 0
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except Rank0Failed as failed:  # the other ranks: rank 0 said why
+            return failed.exit_status
+        try:
+            worker(args)
+        except SystemExit as exit_:  # worker() already said why
+            return exit_.code
+    return 0
+
+
+def preflight_alone(args, world_size):
+    """`preflight` as a process of its own: a pretraining recipe's run (a child train_net.py)
+    must not take itself for a rank of this launch. Returns nothing (the config stays here)."""
+    with without_launch_variables():
+        preflight(args, world_size)
+
+
 def cli(argv=None):
     args = parse_args(argv)
+    try:
+        environment_launch = detect_environment_launch()
+    except ConfigError as err:  # incomplete launch variables
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if environment_launch is not None:
+        return run_launched_by_environment(args, environment_launch)
     try:
         cfg = preflight(args)
     except (ConfigError, DatasetError) as err:

@@ -1,0 +1,286 @@
+"""How this process was started: by torchrun, by SLURM's srun, or neither (FastReID's own
+launcher, or one plain process). `detect_environment_launch` reads the environment variables the
+first two set; tools/train_net.py then joins the process group they describe through
+`cpcl_plugin.compat.environment_process_group` (the part that touches FastReID's internals).
+
+The rules (the first that applies decides):
+
+1. torchrun (or anything that sets its variables): RANK and WORLD_SIZE are set. LOCAL_RANK,
+   LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT must be set too; GROUP_RANK, when set, is the node.
+   torchrun's variables win over SLURM's, so `srun torchrun ...` is a torchrun launch.
+2. SLURM: SLURM_PROCID and SLURM_NTASKS are set, SLURM_NTASKS > 1, and SLURM_STEP_ID is set
+   (the process is a task of an `srun` step; a batch script or a login shell inside an allocation
+   sees the allocation's SLURM_NTASKS but is one process). SLURM_LOCALID and SLURM_NODEID must be
+   set; the master address is MASTER_ADDR, else the first host of SLURM_STEP_NODELIST (else
+   SLURM_JOB_NODELIST); the port is MASTER_PORT, else 20000 + SLURM_JOB_ID % 20000. The local
+   world size comes from SLURM_STEP_TASKS_PER_NODE, SLURM_TASKS_PER_NODE or
+   SLURM_NTASKS_PER_NODE, where one is set.
+3. Otherwise, and whenever the environment's world size is 1 (`torchrun --nproc_per_node 1`, a
+   single SLURM task), this is no environment launch: the process runs as a plain one.
+"""
+import contextlib
+import dataclasses
+import datetime
+import os
+import re
+from typing import Optional
+
+from ..config import ConfigError
+
+__all__ = ["EnvironmentLaunch", "LaunchError", "Rank0Failed", "detect_environment_launch",
+           "gpu_shortage", "launcher_conflict", "parse_slurm_hostlist",
+           "parse_slurm_tasks_per_node", "run_on_rank0_first", "without_launch_variables"]
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                      "MASTER_PORT")
+# The variables that make a process one rank of a launch (see the rules above).
+_LAUNCH_TRIGGERS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                    "SLURM_PROCID", "SLURM_STEP_ID")
+DEFAULT_MASTER_PORT = 29500  # torch's, when SLURM gives no job id to derive one from
+# Rank 0's preflight may build datasets and run a pretraining recipe (minutes), longer than
+# NCCL's default 10-minute collective timeout; the other ranks wait for it this long.
+PREFLIGHT_TIMEOUT = datetime.timedelta(hours=12)
+
+
+class LaunchError(ConfigError):
+    """Launch variables that contradict each other or miss a part; the message says which."""
+
+
+class Rank0Failed(RuntimeError):
+    """Raised on the other ranks when rank 0's part of `run_on_rank0_first` failed (rank 0 says
+    why); `exit_status` is what rank 0 exits with."""
+
+    def __init__(self, exit_status):
+        super().__init__(f"rank 0 failed (exit status {exit_status})")
+        self.exit_status = exit_status
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvironmentLaunch:
+    """This process's place in a launch by torchrun or SLURM."""
+    launcher: str  # "torchrun" or "SLURM"
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: Optional[int]  # None where SLURM does not say
+    node_rank: int  # any number that is the same for the ranks of one machine, only those
+    master_addr: str
+    master_port: int
+
+    def torch_environment(self):
+        """The variables torch's env:// initialisation reads (and LOCAL_RANK/LOCAL_WORLD_SIZE,
+        which libraries read too)."""
+        env = {"RANK": self.rank, "WORLD_SIZE": self.world_size, "LOCAL_RANK": self.local_rank,
+               "MASTER_ADDR": self.master_addr, "MASTER_PORT": self.master_port}
+        if self.local_world_size is not None:
+            env["LOCAL_WORLD_SIZE"] = self.local_world_size
+        return {name: str(value) for name, value in env.items()}
+
+
+def _split_outside_brackets(text):
+    """`text` split at the commas that are not inside [...]."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _expand_host_pattern(pattern, hostlist):
+    """Every host name of one pattern such as 'node[01-03,07]' or 'rack[1-2]-n[1-2]' (several
+    bracket groups expand as a product, as SLURM does), zero padding kept."""
+    open_at = pattern.find("[")
+    if open_at < 0:
+        if "]" in pattern:
+            raise LaunchError(f"The SLURM host list '{hostlist}' has a ']' without its '['.")
+        return [pattern]
+    close_at = pattern.find("]", open_at)
+    if close_at < 0:
+        raise LaunchError(f"The SLURM host list '{hostlist}' has a '[' without its ']'.")
+    prefix, ranges, rest = pattern[:open_at], pattern[open_at + 1:close_at], pattern[close_at + 1:]
+    values = []
+    for item in ranges.split(","):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", item.strip())
+        if not match:
+            raise LaunchError(f"The SLURM host list '{hostlist}' has '{item}' in brackets, "
+                              f"where a number or a range like 01-03 belongs.")
+        first, last = match.group(1), match.group(2) or match.group(1)
+        if int(last) < int(first):
+            raise LaunchError(f"The SLURM host list '{hostlist}' has the range {item}, which "
+                              f"ends before it starts.")
+        values += [str(n).zfill(len(first)) for n in range(int(first), int(last) + 1)]
+    return [prefix + value + tail for value in values
+            for tail in _expand_host_pattern(rest, hostlist)]
+
+
+def parse_slurm_hostlist(hostlist):
+    """The host names of a SLURM host list in its compressed form, in order:
+    'node[01-03,07],gpu5' -> ['node01', 'node02', 'node03', 'node07', 'gpu5']."""
+    hosts = []
+    for pattern in _split_outside_brackets(hostlist.strip()):
+        if pattern.strip():
+            hosts += _expand_host_pattern(pattern.strip(), hostlist)
+    if not hosts:
+        raise LaunchError(f"The SLURM host list '{hostlist}' names no host.")
+    return hosts
+
+
+def parse_slurm_tasks_per_node(tasks_per_node):
+    """The task count of each node from SLURM's compressed form: '4(x2),3' -> [4, 4, 3]."""
+    counts = []
+    for item in tasks_per_node.split(","):
+        match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", item.strip())
+        if not match:
+            raise LaunchError(f"SLURM's tasks per node '{tasks_per_node}' has '{item}', where a "
+                              f"count like 4 or 4(x2) belongs.")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts
+
+
+def _whole_number(environ, name):
+    value = environ[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise LaunchError(f"The environment variable {name}={value!r} is not a whole "
+                          f"number.") from None
+
+
+def _require(environ, names, launcher, found):
+    """LaunchError unless every variable in `names` is set; `found` says what made this process
+    look launched by `launcher`."""
+    missing = [name for name in names if not environ.get(name)]
+    if missing:
+        one = len(missing) == 1
+        raise LaunchError(f"{found}, as {launcher} does, but {', '.join(missing)} "
+                          f"{'is' if one else 'are'} not: start the processes with {launcher}, or "
+                          f"set {'it' if one else 'them'} too.")
+
+
+def _torchrun_launch(environ):
+    _require(environ, TORCHRUN_VARIABLES, "torchrun", "RANK and WORLD_SIZE are set")
+    rank, world_size, local_rank, local_world_size = (
+        _whole_number(environ, name) for name in TORCHRUN_VARIABLES[:4])
+    # torchrun numbers the ranks of a node contiguously, so (rank - local_rank) names the node.
+    node_rank = _whole_number(environ, "GROUP_RANK") if environ.get("GROUP_RANK") else \
+        (rank - local_rank) // max(local_world_size, 1)
+    return EnvironmentLaunch("torchrun", rank, world_size, local_rank, local_world_size, node_rank,
+                             environ["MASTER_ADDR"], _whole_number(environ, "MASTER_PORT"))
+
+
+def _is_slurm_step_task(environ):
+    return bool(environ.get("SLURM_PROCID") and environ.get("SLURM_NTASKS")
+                and environ.get("SLURM_STEP_ID")) and _whole_number(environ, "SLURM_NTASKS") > 1
+
+
+def _slurm_launch(environ):
+    nodelist_name = next((name for name in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST")
+                          if environ.get(name)), "SLURM_STEP_NODELIST")
+    _require(environ, ["SLURM_LOCALID", "SLURM_NODEID"]
+             + ([] if environ.get("MASTER_ADDR") else [nodelist_name]), "srun",
+             "SLURM_PROCID, SLURM_NTASKS and SLURM_STEP_ID are set")
+    node_rank = _whole_number(environ, "SLURM_NODEID")
+    tasks_name = next((name for name in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE",
+                                         "SLURM_NTASKS_PER_NODE") if environ.get(name)), None)
+    counts = parse_slurm_tasks_per_node(environ[tasks_name]) if tasks_name else []
+    # SLURM_NTASKS_PER_NODE is one count for every node.
+    local_world_size = counts[0] if tasks_name == "SLURM_NTASKS_PER_NODE" else \
+        (counts[node_rank] if node_rank < len(counts) else None)
+    master_addr = environ.get("MASTER_ADDR") or parse_slurm_hostlist(environ[nodelist_name])[0]
+    if environ.get("MASTER_PORT"):
+        master_port = _whole_number(environ, "MASTER_PORT")
+    elif environ.get("SLURM_JOB_ID"):
+        # One port per job, so that two jobs sharing a node do not meet at the same address.
+        master_port = 20000 + _whole_number(environ, "SLURM_JOB_ID") % 20000
+    else:
+        master_port = DEFAULT_MASTER_PORT
+    return EnvironmentLaunch("SLURM", _whole_number(environ, "SLURM_PROCID"),
+                             _whole_number(environ, "SLURM_NTASKS"),
+                             _whole_number(environ, "SLURM_LOCALID"), local_world_size,
+                             node_rank, master_addr, master_port)
+
+
+def detect_environment_launch(environ=None):
+    """The `EnvironmentLaunch` that torchrun's or SLURM's variables in `environ` (default:
+    os.environ) describe, or None for a process that is no rank of such a launch, or the only one
+    (the rules are in this module's docstring). Raises `LaunchError` for variables that are
+    incomplete or not numbers."""
+    environ = os.environ if environ is None else environ
+    if environ.get("RANK") and environ.get("WORLD_SIZE"):
+        launch = _torchrun_launch(environ)
+    elif _is_slurm_step_task(environ):
+        launch = _slurm_launch(environ)
+    else:
+        return None
+    if launch.world_size <= 1:
+        return None
+    if not 0 <= launch.rank < launch.world_size:
+        raise LaunchError(f"{launch.launcher} gives this process rank {launch.rank}, outside a "
+                          f"world of {launch.world_size} processes.")
+    return launch
+
+
+def launcher_conflict(launch, num_gpus, num_machines):
+    """The sentence saying that FastReID's launcher flags and an environment launch were both
+    given, or None when they were not."""
+    if launch is None or (num_gpus <= 1 and num_machines <= 1):
+        return None
+    flags = " ".join(f"{flag} {value}" for flag, value in
+                     (("--num-gpus", num_gpus), ("--num-machines", num_machines)) if value > 1)
+    return (f"{launch.launcher} started this process as one of {launch.world_size}, and {flags} "
+            f"asks FastReID's launcher to start processes too: use one or the other (with "
+            f"{launch.launcher}, leave out --num-gpus and --num-machines).")
+
+
+def gpu_shortage(launch, visible_gpus):
+    """The sentence saying that this process has no GPU of its own among the `visible_gpus` it
+    sees (its GPU is the one numbered by its local rank, as FastReID's DDP wrapping assumes), or
+    None when it has one."""
+    if launch.local_rank < visible_gpus:
+        return None
+    return (f"{launch.launcher} gives this process local rank {launch.local_rank}, but it sees "
+            f"{visible_gpus} GPU{'' if visible_gpus == 1 else 's'}: start one process per GPU, "
+            f"each seeing all of its machine's GPUs (under SLURM: --gres=gpu:N, not "
+            f"--gpus-per-task), or set MODEL.DEVICE cpu.")
+
+
+@contextlib.contextmanager
+def without_launch_variables():
+    """os.environ without the variables that make a process a rank of a launch, for child
+    processes that must run on their own (restored on exit)."""
+    hidden = {name: os.environ.pop(name) for name in _LAUNCH_TRIGGERS if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
+
+
+def run_on_rank0_first(task, timeout=PREFLIGHT_TIMEOUT):
+    """`task()` on global rank 0 while the other ranks of the initialised process group wait;
+    returns rank 0's result on every rank (it must pickle). When `task` raises on rank 0, the
+    exception goes on there and the others raise `Rank0Failed` instead of waiting: exit status 2
+    for an error whose class says `one_sentence` (ConfigError, DatasetError), 1 for any other."""
+    import torch.distributed as dist
+
+    # A gloo group of its own: objects travel through the CPU whichever the backend, and the wait
+    # may outlast the default group's timeout.
+    group = dist.new_group(backend="gloo", timeout=timeout)
+    try:
+        outcome = [None]
+        if dist.get_rank() == 0:
+            try:
+                outcome = [("done", task())]
+            except BaseException as err:
+                status = 2 if getattr(err, "one_sentence", False) else 1
+                dist.broadcast_object_list([("failed", status)], src=0, group=group)
+                raise
+        dist.broadcast_object_list(outcome, src=0, group=group)
+        kind, value = outcome[0]
+        if kind == "failed":
+            raise Rank0Failed(value)
+        return value
+    finally:
+        dist.destroy_process_group(group)

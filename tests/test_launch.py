@@ -1,0 +1,231 @@
+"""torchrun and SLURM launches of tools/train_net.py: the environment's variables read right, and a
+2-process run of each ending on FastReID's launcher's parameters."""
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, TINY
+from test_train_net import _digests
+
+from cpcl_plugin.engine.launch import (EnvironmentLaunch, LaunchError, detect_environment_launch,
+                                       gpu_shortage, launcher_conflict, parse_slurm_hostlist,
+                                       parse_slurm_tasks_per_node)
+
+TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
+sys.path.insert(0, os.path.dirname(TRAIN_NET))
+import train_net  # noqa: E402
+ONE_EPOCH = ["SOLVER.MAX_EPOCH", "1"]
+# torchrun gives each process one thread unless told otherwise, and float sums depend on the
+# thread count: every run here gets the same one.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+TORCHRUN = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+            "GROUP_RANK": "0", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
+SLURM = {"SLURM_PROCID": "5", "SLURM_NTASKS": "6", "SLURM_LOCALID": "1", "SLURM_NODEID": "2",
+         "SLURM_STEP_ID": "0", "SLURM_STEP_NODELIST": "node[07-08],gpu[1-2]",
+         "SLURM_JOB_NODELIST": "node[01-09],gpu[1-2]", "SLURM_TASKS_PER_NODE": "2(x2),1(x2)",
+         "SLURM_JOB_ID": "123456"}
+
+
+@pytest.mark.parametrize("hostlist, hosts", [
+    ("localhost", ["localhost"]),
+    ("node[01-03,07],gpu5", ["node01", "node02", "node03", "node07", "gpu5"]),
+    ("gpu[9-11]", ["gpu9", "gpu10", "gpu11"]),
+    ("rack[1-2]-n[1,3]", ["rack1-n1", "rack1-n3", "rack2-n1", "rack2-n3"]),
+    ("a,b-1.cluster", ["a", "b-1.cluster"]),
+])
+def test_slurm_host_lists_expand(hostlist, hosts):
+    assert parse_slurm_hostlist(hostlist) == hosts
+
+
+@pytest.mark.parametrize("hostlist, needle", [
+    ("node[01-03", "'[' without its ']'"), ("node[3-1]", "ends before it starts"),
+    ("node[a-b]", "'a-b' in brackets"), ("", "names no host"),
+])
+def test_bad_slurm_host_lists_are_named(hostlist, needle):
+    with pytest.raises(LaunchError, match=needle.replace("[", r"\[")):
+        parse_slurm_hostlist(hostlist)
+
+
+def test_slurm_tasks_per_node_expand():
+    assert parse_slurm_tasks_per_node("4(x2),3") == [4, 4, 3]
+    assert parse_slurm_tasks_per_node("2") == [2]
+    with pytest.raises(LaunchError, match="'4x2'"):
+        parse_slurm_tasks_per_node("4x2")
+
+
+def test_torchrun_variables_are_read():
+    assert detect_environment_launch(TORCHRUN) == EnvironmentLaunch(
+        "torchrun", rank=1, world_size=4, local_rank=1, local_world_size=2, node_rank=0,
+        master_addr="10.0.0.1", master_port=29500)
+    # Without GROUP_RANK, the node follows from torchrun's contiguous numbering.
+    other_node = dict(TORCHRUN, RANK="3", GROUP_RANK="")
+    assert detect_environment_launch(other_node).node_rank == 1
+
+
+def test_slurm_variables_are_read():
+    launch = detect_environment_launch(SLURM)
+    assert launch == EnvironmentLaunch("SLURM", rank=5, world_size=6, local_rank=1,
+                                       local_world_size=1, node_rank=2, master_addr="node07",
+                                       master_port=20000 + 123456 % 20000)
+    assert launch.torch_environment()["MASTER_PORT"] == "23456"
+    given = dict(SLURM, MASTER_ADDR="10.0.0.9", MASTER_PORT="29400", SLURM_STEP_NODELIST="",
+                 SLURM_TASKS_PER_NODE="", SLURM_NTASKS_PER_NODE="2")
+    launch = detect_environment_launch(given)
+    assert (launch.master_addr, launch.master_port) == ("10.0.0.9", 29400)
+    assert launch.local_world_size == 2
+    assert detect_environment_launch(dict(SLURM, SLURM_STEP_NODELIST="")).master_addr == "node01"
+
+
+def test_torchrun_wins_over_slurm():
+    assert detect_environment_launch(dict(SLURM, **TORCHRUN)).launcher == "torchrun"
+
+
+@pytest.mark.parametrize("environ", [
+    {},
+    dict(SLURM, SLURM_NTASKS="1", SLURM_PROCID="0"),  # an interactive srun: one task
+    {k: v for k, v in SLURM.items() if k != "SLURM_STEP_ID"},  # a batch script or login shell
+    dict(TORCHRUN, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1"),
+])
+def test_single_processes_are_plain_runs(environ):
+    assert detect_environment_launch(environ) is None
+
+
+@pytest.mark.parametrize("environ, needle", [
+    ({"RANK": "0", "WORLD_SIZE": "2"}, "but LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_"),
+    (dict(TORCHRUN, MASTER_PORT="http"), "MASTER_PORT='http' is not a whole number"),
+    (dict(SLURM, SLURM_STEP_NODELIST="", SLURM_JOB_NODELIST=""), "SLURM_STEP_NODELIST is not:"),
+    (dict(TORCHRUN, RANK="4"), "rank 4, outside a world of 4"),
+])
+def test_incomplete_launch_variables_are_named(environ, needle):
+    with pytest.raises(LaunchError, match=needle):
+        detect_environment_launch(environ)
+
+
+def test_launcher_flags_under_torchrun_are_refused():
+    launch = detect_environment_launch(TORCHRUN)
+    assert launcher_conflict(launch, num_gpus=1, num_machines=1) is None
+    assert launcher_conflict(None, num_gpus=4, num_machines=2) is None
+    sentence = launcher_conflict(launch, num_gpus=4, num_machines=1)
+    assert sentence == ("torchrun started this process as one of 4, and --num-gpus 4 asks "
+                        "FastReID's launcher to start processes too: use one or the other (with "
+                        "torchrun, leave out --num-gpus and --num-machines).")
+
+
+def test_a_process_without_its_gpu_is_told_why():
+    launch = detect_environment_launch(SLURM)  # local rank 1
+    assert gpu_shortage(launch, visible_gpus=2) is None
+    assert gpu_shortage(launch, visible_gpus=1) == (
+        "SLURM gives this process local rank 1, but it sees 1 GPU: start one process per GPU, "
+        "each seeing all of its machine's GPUs (under SLURM: --gres=gpu:N, not --gpus-per-task), "
+        "or set MODEL.DEVICE cpu.")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_launcher_flags_under_srun_end_in_one_sentence(monkeypatch, capsys, rank):
+    for name, value in dict(SLURM, SLURM_PROCID=str(rank)).items():
+        monkeypatch.setenv(name, value)
+    assert train_net.cli(["--config-file", TINY, "--num-gpus", "2"]) == 2
+    said = "error: " + launcher_conflict(detect_environment_launch(), 2, 1) + "\n"
+    # Every rank finds it; one says it.
+    assert capsys.readouterr().err == (said if rank == 0 else "")
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run_processes(commands, out_dir, timeout=300):
+    """Run [(argv, extra environment)] side by side from the repository root, their output in
+    files (a full pipe would stall a process); returns [(exit status, stdout, stderr)]."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    try:
+        for i, (argv, extra_env) in enumerate(commands):
+            with open(out_dir / f"{i}.out", "w") as out, open(out_dir / f"{i}.err", "w") as err:
+                procs.append(subprocess.Popen(argv, stdout=out, stderr=err, cwd=REPO,
+                                              env=dict(os.environ, **ONE_THREAD, **extra_env)))
+        statuses = [proc.wait(timeout=timeout) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return [(status, (out_dir / f"{i}.out").read_text(), (out_dir / f"{i}.err").read_text())
+            for i, status in enumerate(statuses)]
+
+
+def _slurm_step(args, out_dir):
+    """The two tasks of an `srun --nodes 2 --ntasks 2` step, as SLURM would start them, both on
+    this machine: each is task 0 of its node (FastReID's per-machine group has one rank)."""
+    port = str(_free_port())
+    return _run_processes([([sys.executable, TRAIN_NET, *args],
+                            {"SLURM_PROCID": str(rank), "SLURM_NTASKS": "2", "SLURM_LOCALID": "0",
+                             "SLURM_NODEID": str(rank), "SLURM_STEP_ID": "0",
+                             "SLURM_STEP_NODELIST": "localhost", "SLURM_TASKS_PER_NODE": "1(x2)",
+                             "SLURM_JOB_ID": "77", "MASTER_PORT": port}) for rank in range(2)],
+                          out_dir)
+
+
+@pytest.fixture(scope="module")
+def launcher_digest(data_root, tmp_path_factory):
+    """The final parameter digest of FastReID's launcher's 2-process run of one epoch."""
+    out = tmp_path_factory.mktemp("launcher")
+    [(status, _, stderr)] = _run_processes(
+        [([sys.executable, TRAIN_NET, "--config-file", TINY, "--num-gpus", "2", "--dist-url",
+           "auto", "DATASETS.ROOT", data_root, "OUTPUT_DIR", str(out), *ONE_EPOCH], {})],
+        out / "console")
+    assert status == 0, stderr[-3000:]
+    log1 = (out / "log.txt.rank1").read_text()
+    assert "Launched by FastReID's launcher: rank 1 of 2 (local rank 1 of 2), gloo, --dist-url " \
+           "auto" in log1
+    digest = _digests((out / "log.txt").read_text())["0"]
+    assert _digests(log1)["1"] == digest
+    return digest
+
+
+def _assert_both_ranks_end_on(out, digest, launch_lines):
+    """Both ranks' final digest is `digest`; their logs name the launcher, rank and local rank
+    (as FastReID's comm helpers see them) as `launch_lines` say."""
+    log0, log1 = (out / "log.txt").read_text(), (out / "log.txt.rank1").read_text()
+    assert _digests(log0) == {"0": digest} and _digests(log1) == {"1": digest}
+    assert launch_lines[0] in log0 and launch_lines[1] in log1
+
+
+def test_torchrun_ends_on_the_launchers_parameters(launcher_digest, data_root, tmp_path):
+    out = tmp_path / "torchrun"
+    port = str(_free_port())
+    [(status, _, stderr)] = _run_processes(
+        [([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", port, TRAIN_NET, "--config-file", TINY, "DATASETS.ROOT", data_root,
+           "OUTPUT_DIR", str(out), *ONE_EPOCH], {})], tmp_path / "console")
+    assert status == 0, stderr[-3000:]
+    _assert_both_ranks_end_on(out, launcher_digest, [
+        f"Launched by torchrun: rank {rank} of 2 (local rank {rank} of 2), gloo, master "
+        f"127.0.0.1:{port}" for rank in range(2)])
+
+
+def test_srun_tasks_end_on_the_launchers_parameters(launcher_digest, data_root, tmp_path):
+    out = tmp_path / "slurm"
+    tasks = _slurm_step(["--config-file", TINY, "DATASETS.ROOT", data_root,
+                         "OUTPUT_DIR", str(out), *ONE_EPOCH], tmp_path / "console")
+    assert [status for status, _, _ in tasks] == [0, 0], tasks[0][2][-3000:] + tasks[1][2][-3000:]
+    _assert_both_ranks_end_on(out, launcher_digest, [
+        f"Launched by SLURM: rank {rank} of 2 (local rank 0 of 1), gloo, master localhost:"
+        for rank in range(2)])
+
+
+def test_a_data_error_under_srun_ends_every_task_in_one_sentence(tmp_path):
+    root = tmp_path / "no-such-root"
+    tasks = _slurm_step(["--config-file", TINY, "DATASETS.ROOT", str(root), "OUTPUT_DIR",
+                         str(tmp_path / "out"), "DATASETS.NAMES", '("CUHKPEDES",)',
+                         "DATASETS.TESTS", '("CUHKPEDES",)'], tmp_path / "console")
+    (status0, _, stderr0), (status1, _, stderr1) = tasks
+    assert (status0, status1) == (2, 2), stderr0[-3000:] + stderr1[-3000:]
+    lines = [line for line in stderr0.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr0
+    assert "reid_raw.json" in lines[0]
+    assert "error" not in stderr1 and "Traceback" not in stderr1, stderr1  # rank 0 said why

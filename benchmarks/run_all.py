@@ -1,9 +1,10 @@
 """Run every benchmark and write docs/benchmarks.md with what each printed (`make bench`), and the
 README's summary rows (between its benchmarks:start / benchmarks:end markers) from it.
 
-    python benchmarks/run_all.py                    # all but the diagnosis: 75 minutes, 2 cores
+    python benchmarks/run_all.py                    # all but diagnosis and scale: 85 minutes, 2 cores
     python benchmarks/run_all.py --only evaluation throughput
     python benchmarks/run_all.py --only diagnosis   # one suspect at a time (`make bench-diagnosis`)
+    python benchmarks/run_all.py --only scale       # 68k and 1M rows (`make bench-scale`)
 
 Each benchmark runs as its own process, one after the other (the speed measurements first, while
 nothing else runs); its standard output goes into the document verbatim under the command that
@@ -32,7 +33,15 @@ BENCHMARKS = [
     ("clustering", "Clustering scale",
      ["benchmarks/clustering.py", "--plot", "docs/img/clustering.png"], "clustering.png",
      "The per-epoch k-reciprocal Jaccard distance + DBSCAN, the project's sparse path beside "
-     "FastReID's dense `compute_jaccard_distance` while the dense one fits in memory."),
+     "FastReID's dense `compute_jaccard_distance` while the dense one fits in memory: over N, "
+     "then over feature distributions that are hard for a sparse method (dense regions, "
+     "duplicates, a narrow cone, hubs, power-law identity sizes, a trained model's captions)."),
+    ("scale", "Pseudo labels at pretraining scale",
+     ["benchmarks/scale.py", "--plot", "docs/img/scale.png"], "scale.png",
+     "One modality's pseudo-label pass at CUHK-PEDES size with the exact and the approximate "
+     "kNN search side by side, and at a million rows (LUPerson-T and MALS have 1.3M and 1.5M "
+     "pairs), on this machine; with a projection to 8 ranks from the measured share of one. "
+     "Not part of `make bench`: `make bench-scale` (about 10 minutes)."),
     ("throughput", "Training throughput", ["benchmarks/throughput.py"], None,
      "Steps per second of `CPCLTrainer` against a plain PyTorch loop over the same model, "
      "optimiser, batches and loss, and the pseudo-label pass's share of an epoch."),
@@ -56,7 +65,7 @@ BENCHMARKS = [
      "`make bench-diagnosis`."),
 ]
 # Run only when named with --only (too long for `make bench`); their sections are kept otherwise.
-ON_REQUEST = ("diagnosis",)
+ON_REQUEST = ("diagnosis", "scale")
 # The name of the document's last section, written by hand from the numbers above it.
 ANALYSIS = "analysis"
 
@@ -78,12 +87,30 @@ def run(name, title, args, image, what):
     minutes = (time.perf_counter() - start) / 60
     if proc.returncode:
         raise SystemExit(f"{command} failed:\n{proc.stderr[-4000:]}")
-    lines = [f"## {title}", "", what, "", f"Command: `{command}` ({minutes:.1f} minutes)", "",
-             proc.stdout.strip(), ""]
+    lines = [f"## {title}", "", what, "",
+             f"Command: `{command}` ({minutes:.1f} minutes; run {datetime.date.today()} at "
+             f"commit {_commit()})", "", proc.stdout.strip(), ""]
     for picture in ([image] if isinstance(image, str) else image or []):
         lines += [f"![{title}](img/{picture})", ""]
     print(proc.stdout, flush=True)
     return "\n".join(lines)
+
+
+def _commit():
+    """The checkout's short commit, marked "+changes" when files differ from it."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout
+    dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+    return (git("rev-parse", "--short", "HEAD").strip() or "unknown") + ("+changes" if dirty else "")
+
+
+def previous_notes():
+    """The notes ("> " lines) above the first section of the existing document, kept: they say
+    which sections predate a change."""
+    if not os.path.isfile(DOC):
+        return []
+    head = open(DOC, encoding="utf-8").read().split("<!-- benchmark:", 1)[0]
+    return [line for line in head.splitlines() if line.startswith("> ")]
 
 
 README = os.path.join(REPO, "README.md")
@@ -158,7 +185,7 @@ def main():
         f"{torch.__version__}, no GPU" if not torch.cuda.is_available() else
         f"Last run: {datetime.date.today().isoformat()}, GPU {torch.cuda.get_device_name(0)}",
         "",
-    ]
+    ] + [note for line in previous_notes() for note in (line, "")]
     # The analysis is the one section written by hand (from the runs above it); kept as it is.
     body = [f"<!-- benchmark: {name} -->\n{sections[name]}"
             for name in [b[0] for b in BENCHMARKS] + [ANALYSIS] if name in sections]

@@ -122,7 +122,7 @@ def add_cpcl_config(cfg):
     # Cells of the approximate search's k-means; 0: about 2 sqrt(N) (2,000 at a million rows).
     _C.PSEUDO.IVF.NLIST = 0
     # Cells scanned per query: more finds more of the exact neighbours, proportionally slower.
-    _C.PSEUDO.IVF.NPROBE = 32
+    _C.PSEUDO.IVF.NPROBE = 8
     # Training rows per cell for the k-means (a random sample of that many per cell).
     _C.PSEUDO.IVF.TRAIN_PER_LIST = 64
     # Samples per pseudo identity in a P x K batch (P = IMS_PER_BATCH / K).

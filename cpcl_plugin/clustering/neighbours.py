@@ -65,7 +65,7 @@ def knn(features, k, search="exact", **options):
     return knn_share(features, k, search, 0, 1, **options)[1]
 
 
-def knn_share(features, k, search, rank, world_size, nlist=0, nprobe=32, train_per_list=64,
+def knn_share(features, k, search, rank, world_size, nlist=0, nprobe=8, train_per_list=64,
               device=None, block=BLOCK):
     """The neighbour lists of the share of rows that `rank` of `world_size` computes, as (rows,
     lists): rows (m,) int64 ascending, lists (m, k). Concatenated over the ranks and put in row

@@ -9,7 +9,11 @@ one rank's share of the rows. Arrays in, arrays out; no trainer state, no proces
   rows of a cell are scored against the rows of the `nprobe` cells whose centres are nearest to
   that cell's centre, one blocked matrix product per cell. Scanning cell by cell (instead of
   faiss's IndexIVFFlat, query by query) keeps the work in BLAS: on this project's 2-core
-  machine faiss-cpu's scanner (no AVX2 build) took longer at 200k rows than the exact search.
+  machine, whose faiss-cpu wheel loads without AVX2, IndexIVFFlat had not finished 200k rows
+  after 8 minutes (cores shared with other work); the cell-by-cell scan takes 38 s on free ones.
+  The far end of long lists (k1 = 30 where identities have ~6 members) comes from the scanned
+  cells rather than from every row, which changes some labels: docs/benchmarks.md measures how
+  many.
 
 With several processes, each computes a share (`knn_share`): whole blocks of rows for the exact
 search, whole cells for the approximate one, so that every matrix product has the shape it has in

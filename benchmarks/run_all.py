@@ -97,10 +97,12 @@ def run(name, title, args, image, what):
 
 
 def _commit():
-    """The checkout's short commit, marked "+changes" when files differ from it."""
+    """The checkout's short commit, marked "+changes" when files other than this script's own
+    outputs (docs/, README.md) differ from it."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout
-    dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs",
+                ":!README.md").strip()
     return (git("rev-parse", "--short", "HEAD").strip() or "unknown") + ("+changes" if dirty else "")
 
 

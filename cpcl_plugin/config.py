@@ -16,6 +16,8 @@ import yaml
 from fastreid.config import CfgNode as CN
 from fastreid.config import get_cfg
 
+from .clustering.jaccard import EXACT_SEARCH_MAX
+
 __all__ = ["add_cpcl_config", "load_config", "check_config", "config_problems", "check_schedule",
            "check_batch_split", "backbone_depths", "error_summary", "ConfigError", "RANGES"]
 
@@ -117,11 +119,12 @@ def add_cpcl_config(cfg):
     _C.PSEUDO.SEARCH = "auto"
     # Largest modality (rows) that "auto" searches exactly: exact kNN costs N^2 d, IVF about
     # N^1.5 d; CUHK-PEDES (68k captions) stays exact, LUPerson-T (1.3M) does not.
-    _C.PSEUDO.EXACT_MAX = 200000
+    _C.PSEUDO.EXACT_MAX = EXACT_SEARCH_MAX
     _C.PSEUDO.IVF = CN()
     # Cells of the approximate search's k-means; 0: about 2 sqrt(N) (2,000 at a million rows).
     _C.PSEUDO.IVF.NLIST = 0
-    # Cells scanned per query: more finds more of the exact neighbours, proportionally slower.
+    # Cells each cell's rows are scanned against (its nearest ones, itself first): more finds more
+    # of the exact neighbours, proportionally slower.
     _C.PSEUDO.IVF.NPROBE = 8
     # Training rows per cell for the k-means (a random sample of that many per cell).
     _C.PSEUDO.IVF.TRAIN_PER_LIST = 64

@@ -64,7 +64,7 @@ def hubs(n, d=512, seed=0, fraction=0.01):
     rng = np.random.default_rng(seed + 4)
     m = int(fraction * n)
     centre = _unit(x.mean(axis=0, keepdims=True))
-    x[-m:] = _unit(centre + 0.1 * rng.normal(size=(m, d)) / np.sqrt(d))
+    x[n - m:] = _unit(centre + 0.1 * rng.normal(size=(m, d)) / np.sqrt(d))
     return x
 
 

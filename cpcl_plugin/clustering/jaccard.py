@@ -84,7 +84,27 @@ def _row_softmax_of_negative_sq_distance(features, pattern):
                          shape=pattern.shape)
 
 
-def _candidate_pairs(V, min_mass, block_rows=2048):
+def _row_blocks(V, max_rows, max_terms=1 << 25):
+    """(lo, hi) blocks of rows whose product with V^T stays below about `max_terms` terms (a row
+    meets every row sharing one of its columns: the sum of its columns' counts), at most
+    `max_rows` rows each: at a million rows a hub's column would otherwise make a block's product
+    nearly dense."""
+    column_counts = np.bincount(V.indices, minlength=V.shape[1]).astype(np.float64)
+    terms = np.zeros(V.shape[0])
+    nonempty = np.diff(V.indptr) > 0
+    terms[nonempty] = np.add.reduceat(column_counts[V.indices], V.indptr[:-1][nonempty])
+    cumulative = np.cumsum(terms)
+    blocks, lo = [], 0
+    while lo < V.shape[0]:
+        reached = cumulative[lo - 1] if lo else 0.0
+        hi = int(np.searchsorted(cumulative, reached + max_terms, side="right"))
+        hi = min(max(hi, lo + 1), lo + max_rows, V.shape[0])
+        blocks.append((lo, hi))
+        lo = hi
+    return blocks
+
+
+def _candidate_pairs(V, min_mass, max_rows=2048):
     """(i, k, bound) for every pair k > i whose upper bound on m[i, k] = sum_j min(V[i, j],
     V[k, j]) reaches min_mass (every pair sharing a column when min_mass <= 0).
 
@@ -96,8 +116,8 @@ def _candidate_pairs(V, min_mass, block_rows=2048):
     root.data = np.sqrt(root.data)
     root_t = root.T.tocsr()
     found = []
-    for lo in range(0, V.shape[0], block_rows):
-        bound = (root[lo:lo + block_rows] @ root_t).tocoo()
+    for lo, hi in _row_blocks(V, max_rows):
+        bound = (root[lo:hi] @ root_t).tocoo()
         i, k = bound.row.astype(np.int64) + lo, bound.col.astype(np.int64)
         # Slack for float rounding in the bound: it must never drop a pair that qualifies.
         keep = (k > i) & (bound.data >= min_mass - 1e-5)
@@ -133,7 +153,7 @@ def _shared_mass(V, min_mass=0.0):
     return _symmetric(V.shape[0], i[ok], k[ok], mass[ok], np.asarray(V.sum(axis=1)).ravel())
 
 
-def _dbscan_graph(V, min_mass, min_samples):
+def _dbscan_graph(V, eps, min_samples):
     """A sparse symmetric graph, with the diagonal, on which DBSCAN(min_samples) gives exactly the
     labels it gives on every pair with m >= min_mass; stored values are masses (lower bounds
     where not summed). It leaves out pairs that cannot change those labels, without summing them.
@@ -152,12 +172,13 @@ def _dbscan_graph(V, min_mass, min_samples):
 
     V = _sorted_csr(V)
     n = V.shape[0]
+    min_mass = _min_mass(eps)
     i, k, bound = _candidate_pairs(V, min_mass)
     mass = 1.0 - np.sqrt(np.clip(1.0 - bound.astype(np.float64) ** 2, 0.0, None))
     sure = mass >= min_mass + 1e-4  # slack: rows sum to 1 only to float precision
     first = ~sure & _best_of_each_row(i, bound, min_samples + 2)
     mass[first] = _exact_mass(V, i[first], k[first])
-    known = sure | (first & (mass >= min_mass))
+    known = sure | (first & _within(mass, eps))
     degree = 1 + np.bincount(i[known], minlength=n) + np.bincount(k[known], minlength=n)
     core = degree >= min_samples
     linked = known & core[i] & core[k]
@@ -166,8 +187,14 @@ def _dbscan_graph(V, min_mass, min_samples):
         directed=False)
     rest = ~sure & ~first & ~(core[i] & core[k] & (component[i] == component[k]))
     mass[rest] = _exact_mass(V, i[rest], k[rest])
-    keep = known | (rest & (mass >= min_mass))
+    keep = known | (rest & _within(mass, eps))
     return _symmetric(n, i[keep], k[keep], mass[keep], np.ones(n))
+
+
+def _within(mass, eps):
+    """Whether pairs of these masses are DBSCAN neighbours: their distance as stored (float32)
+    and as sklearn compares it, so that no pair counts here that sklearn would not count."""
+    return _distance(mass).astype(np.float64) <= eps
 
 
 def _best_of_each_row(i, bound, m):
@@ -188,9 +215,14 @@ def _sorted_csr(V):
     return V
 
 
+def _distance(mass):
+    """d = 1 - m / (2 - m), float32."""
+    return np.clip(1.0 - mass / (2.0 - mass), 0.0, 1.0).astype(np.float32)
+
+
 def _mass_to_distance(shared):
-    """d = 1 - m / (2 - m), in place on a CSR of masses."""
-    shared.data = np.clip(1.0 - shared.data / (2.0 - shared.data), 0.0, 1.0).astype(np.float32)
+    """`_distance` in place on a CSR of masses."""
+    shared.data = _distance(shared.data)
     # Explicit zeros (the diagonal) stay stored: they mean "distance 0", not "absent".
     return shared
 
@@ -211,6 +243,7 @@ def jaccard_distance(features, k1=30, k2=6, max_distance=1.0, neighbours=None):
     DBSCAN needs only pairs within eps: passing max_distance=eps keeps far fewer pairs and skips
     most of the work. `neighbours` may pass precomputed `knn(features, k1)` (exact by default).
     """
+    features = np.asarray(features)
     if features.shape[0] == 0:
         return sp.csr_matrix((0, 0), dtype=np.float32)
     V = _expanded_weights(features, k1, k2, neighbours)
@@ -271,7 +304,7 @@ def cluster(features, eps=0.6, min_samples=4, k1=30, k2=6, search="auto", neighb
         logger.info(f"kNN of {n} rows: {how} search ({search!r}, exact up to {exact_max} rows), "
                     f"{time.perf_counter() - start:.1f} s")
     V = _expanded_weights(features, k1, k2, neighbours)
-    graph = _mass_to_distance(_dbscan_graph(V, _min_mass(eps), min_samples))
+    graph = _mass_to_distance(_dbscan_graph(V, eps, min_samples))
     # sklearn treats stored entries as the neighbourhood graph: absent pairs are never neighbours
     # (pairs left out by _dbscan_graph cannot change the labels; the others are beyond eps).
     labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(graph)

@@ -16,8 +16,9 @@ one rank's share of the rows. Arrays in, arrays out; no trainer state, no proces
   many.
 
 With several processes, each computes a share (`knn_share`): whole blocks of rows for the exact
-search, whole cells for the approximate one, so that every matrix product has the shape it has in
-one process and the lists come out bit-identical. Every row's own index comes first in its list
+search, whole cells for the approximate one, and each share multiplies exactly the blocks one
+process multiplies, in the same order, so the lists come out bit-identical (given the same
+k-means cells on every rank, which the caller checks). Every row's own index comes first in its list
 (duplicates would otherwise tie with it).
 """
 import logging
@@ -172,6 +173,10 @@ def _exact(x, k, rows, block):
         for b in range(0, n, block):
             if lo <= b < a:
                 continue  # done when a and b were swapped (both rows of this share)
+            if b < a:  # one process multiplies these blocks as (b, a): the same product here
+                merge(a, x.score((x.take(slice(b, b + block)) @ xa.T).T.contiguous(),
+                                 slice(b, b + block)), b)
+                continue
             dots = xa @ x.take(slice(b, b + block)).T
             s = x.score(dots.clone() if b == a else dots, slice(b, b + block))
             if b == a:
@@ -202,9 +207,9 @@ def _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block):
     # The same sample, seed and k-means on every rank, hence the same cells.
     sample = np.sort(np.random.default_rng(1234).choice(n, min(n, cells * train_per_list),
                                                         replace=False))
+    # On the CPU: faiss's gpu=True would spread every rank's k-means over every visible GPU.
     kmeans = faiss.Kmeans(x.x.shape[1], cells, niter=10, seed=1234, spherical=x.unit,
-                          max_points_per_centroid=train_per_list,
-                          gpu=device.type == "cuda" and hasattr(faiss, "StandardGpuResources"))
+                          max_points_per_centroid=train_per_list)
     kmeans.train(np.ascontiguousarray(x.take(torch.from_numpy(sample)).cpu().numpy()))
     centres = torch.from_numpy(kmeans.centroids).to(device)
     # Each row's cell, in fixed blocks of rows (the same products on every rank).
@@ -213,7 +218,9 @@ def _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block):
                          for a in range(0, n, block)]).cpu()
     order = torch.argsort(cell_of, stable=True)  # rows grouped by cell, ascending within
     bounds = torch.searchsorted(cell_of[order], torch.arange(cells + 1))
-    centre_scores = centres @ centres.T
+    centre_scores = centres @ centres.T  # nearest cells: by L2, as the rows' cells
+    if not x.unit:
+        centre_scores -= 0.5 * (centres ** 2).sum(1)[None, :]
     _own_first(centre_scores)
     near_cells = centre_scores.topk(probes, dim=1).indices.cpu()
     mine = row_share(cells, rank, world_size, block=1)

@@ -164,9 +164,10 @@ def _torchrun_launch(environ):
     _require(environ, TORCHRUN_VARIABLES, "torchrun", "RANK and WORLD_SIZE are set")
     rank, world_size, local_rank, local_world_size = (
         _whole_number(environ, name) for name in TORCHRUN_VARIABLES[:4])
-    # torchrun numbers the ranks of a node contiguously, so (rank - local_rank) names the node.
+    # torchrun numbers the ranks of a node contiguously, so its first rank (rank - local_rank)
+    # names the node, whatever the process counts of the other nodes.
     node_rank = _whole_number(environ, "GROUP_RANK") if environ.get("GROUP_RANK") else \
-        (rank - local_rank) // max(local_world_size, 1)
+        rank - local_rank
     return EnvironmentLaunch("torchrun", rank, world_size, local_rank, local_world_size, node_rank,
                              environ["MASTER_ADDR"], _whole_number(environ, "MASTER_PORT"))
 

@@ -58,25 +58,36 @@ def search_options(cfg):
 def shared_neighbours(features, k, search, options, rank=0, world_size=1):
     """The (N, k) nearest-neighbour lists of `features` on rank 0 (None on the other ranks):
     each rank searches its share of the rows (`knn_share`, on its own device), the shares are
-    gathered on rank 0. Identical to one process searching everything. A rank whose search fails
-    sends its error, which rank 0 raises, so that no rank waits for ever."""
+    gathered on rank 0. Identical to one process searching everything. A failed search on any
+    rank, or shares that do not cover every row once (ranks whose k-means cells differ), raise
+    the same RuntimeError on every rank, so that no rank is left waiting."""
     if len(features) == 0:
         return np.zeros((0, 0), dtype=np.int64) if rank == 0 else None
+    k = min(k, len(features))
     try:
-        share = knn_share(features, min(k, len(features)), search, rank, world_size, **options)
-        share = (share[0], share[1].astype(np.int32))  # half the bytes to send
-    except Exception as err:
-        share = err
+        rows, lists = knn_share(features, k, search, rank, world_size, **options)
+        share = (rows, lists.astype(np.int32))  # half the bytes to send
+    except Exception as err:  # sent as text: every exception pickles as a string
+        share = f"the neighbour search failed on rank {rank}: {err!r}"
     shares = comm.gather(share, dst=0) if world_size > 1 else [share]
-    if rank != 0:
-        return None
-    failed = [(r, s) for r, s in enumerate(shares) if isinstance(s, Exception)]
-    if failed:
-        raise RuntimeError(f"the neighbour search failed on rank {failed[0][0]}: "
-                           f"{failed[0][1]!r}")
-    lists = np.empty((len(features), min(k, len(features))), dtype=np.int64)
-    for rows, part in shares:
-        lists[rows] = part
+    problem, lists = None, None
+    if rank == 0:
+        problem = next((s for s in shares if isinstance(s, str)), None)
+        if problem is None:
+            lists = np.full((len(features), k), -1, dtype=np.int64)
+            for rows, part in shares:
+                lists[rows] = part
+            written = np.bincount(np.concatenate([rows for rows, _ in shares]),
+                                  minlength=len(features))
+            if (written != 1).any():
+                problem = (f"the ranks' shares of the {search} neighbour search cover "
+                           f"{int((written == 0).sum())} rows not at all and "
+                           f"{int((written > 1).sum())} rows more than once: their k-means cells "
+                           f"differ (same faiss build and thread count on every rank?)")
+    if world_size > 1:
+        problem = comm.all_gather(problem)[0]  # rank 0's verdict, on every rank
+    if problem:
+        raise RuntimeError(problem)
     return lists
 
 

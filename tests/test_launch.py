@@ -60,9 +60,15 @@ def test_torchrun_variables_are_read():
     assert detect_environment_launch(TORCHRUN) == EnvironmentLaunch(
         "torchrun", rank=1, world_size=4, local_rank=1, local_world_size=2, node_rank=0,
         master_addr="10.0.0.1", master_port=29500)
-    # Without GROUP_RANK, the node follows from torchrun's contiguous numbering.
+    # Without GROUP_RANK, a node is named by its first rank (torchrun numbers a node's ranks
+    # contiguously), which stays unique when nodes run different numbers of processes.
     other_node = dict(TORCHRUN, RANK="3", GROUP_RANK="")
-    assert detect_environment_launch(other_node).node_rank == 1
+    assert detect_environment_launch(other_node).node_rank == 2
+    two_then_four = [dict(TORCHRUN, RANK=str(r), LOCAL_RANK=str(r - first),
+                          LOCAL_WORLD_SIZE=str(size), WORLD_SIZE="6", GROUP_RANK="")
+                     for first, size in ((0, 2), (2, 4)) for r in range(first, first + size)]
+    nodes = [detect_environment_launch(env).node_rank for env in two_then_four]
+    assert nodes == [0, 0, 2, 2, 2, 2]
 
 
 def test_slurm_variables_are_read():

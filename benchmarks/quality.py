@@ -100,7 +100,8 @@ METRICS = ("Rank-1", "Rank-5", "Rank-10", "mAP", "mINP")
 
 def true_identity_clustering(hook):
     """Replace the hook's clustering by the true identities (the true-label rows only)."""
-    def true_identities(image_f, text_f, pair_image, image_valid):
+    def true_identities(image_f, text_f, pair_image, image_valid, neighbours):
+        # Same arguments as PseudoLabelHook._cluster; the neighbour lists go unused.
         image_ids, caption_ids = hook._monitoring_identities()
         _, image_labels = np.unique(image_ids, return_inverse=True)
         _, text_labels = np.unique(caption_ids, return_inverse=True)

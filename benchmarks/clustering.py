@@ -7,7 +7,7 @@ N and over feature distributions that are hard for a sparse method.
 
 Scale: 512-d unit vectors around N / 6 identity centres (about six samples per identity, as
 CUHK-PEDES has captions per identity), with per-sample noise so that some are outliers: the
-favourable case. Distributions (cpcl_plugin.clustering.FEATURE_DISTRIBUTIONS, plus caption
+favourable case. Distributions (benchmarks/feature_distributions.py, plus caption
 features of a trained model, benchmarks/trained_features.py): a dense blob (5% of the rows in one
 tight region), near-duplicates (20% copies of 200 rows), a narrow cone (CLIP-like), hubs on its
 axis, power-law identity sizes. Each (path, N, distribution) runs in its own process, so that its
@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from feature_distributions import FEATURE_DISTRIBUTIONS  # beside this script
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAVOURABLE = "identities"
 TRAINED = "trained model captions"
@@ -34,7 +36,6 @@ def features(distribution, n):
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from trained_features import caption_features
         return caption_features(n)
-    from cpcl_plugin.clustering import FEATURE_DISTRIBUTIONS
     return FEATURE_DISTRIBUTIONS[distribution](n, d=512, seed=0)
 
 
@@ -83,7 +84,6 @@ def compare(n, distribution, dense_max, tmp):
 
 def parse_args():
     sys.path.insert(0, REPO)
-    from cpcl_plugin.clustering.feature_distributions import FEATURE_DISTRIBUTIONS
     names = list(FEATURE_DISTRIBUTIONS) + [TRAINED]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="*",

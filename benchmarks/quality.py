@@ -204,7 +204,7 @@ def prepare(data_root, data_seeds, extra_opts):
     """Generate the target datasets and the pretrained weights once, before the parallel runs
     (the pretraining uses both cores). Returns the first target's statistics table."""
     from cpcl_plugin.data import build_dataset
-    from cpcl_plugin.modeling.pretrained import ensure_pretrained_weights
+    from cpcl_plugin.engine.pretraining import ensure_pretrained_weights
     tables = []
     for data_seed in data_seeds:
         cfg = row_config("zeroshot", 0, data_root, "", data_seed, extra_opts)

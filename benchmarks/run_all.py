@@ -1,5 +1,4 @@
-"""Run every benchmark and write docs/benchmarks.md with what each printed (`make bench`), and the
-README's summary rows (between its benchmarks:start / benchmarks:end markers) from it.
+"""Run every benchmark and write docs/benchmarks.md with what each printed (`make bench`).
 
     python benchmarks/run_all.py                    # all but diagnosis and scale: 85 minutes, 2 cores
     python benchmarks/run_all.py --only evaluation throughput
@@ -20,6 +19,8 @@ import re
 import subprocess
 import sys
 import time
+
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(REPO, "docs", "benchmarks.md")
@@ -98,11 +99,10 @@ def run(name, title, args, image, what):
 
 def _commit():
     """The checkout's short commit, marked "+changes" when files other than this script's own
-    outputs (docs/, README.md) differ from it."""
+    outputs (docs/) differ from it."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs",
-                ":!README.md").strip()
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs").strip()
     return (git("rev-parse", "--short", "HEAD").strip() or "unknown") + ("+changes" if dirty else "")
 
 
@@ -115,55 +115,6 @@ def previous_notes():
     return [line for line in head.splitlines() if line.startswith("> ")]
 
 
-README = os.path.join(REPO, "README.md")
-START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
-
-
-def _rows(section, header, first_cells=None):
-    """The first table of `section` whose header row starts with `header`: its header, rule and
-    the rows whose first cell starts with one of `first_cells` (all rows if None)."""
-    lines = section.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith(f"| {header}")), None)
-    if start is None:
-        return ""
-    table = []
-    for line in lines[start:]:
-        if not line.startswith("|"):
-            break
-        table.append(line)
-    keep = table[:2] + [r for r in table[2:]
-                        if first_cells is None or any(r.startswith(f"| {c}") for c in first_cells)]
-    return "\n".join(keep)
-
-
-def headline(sections):
-    """The README's benchmark summary: rows copied from the document's tables."""
-    parts = []
-    if "quality" in sections:
-        verdict = [line for line in sections["quality"].splitlines()
-                   if line.startswith("Full CPCL − ITC")][:1]
-        parts += ["Synthetic ablation from the pretrained tiny CLIP (mean ± std over 3 training "
-                  "seeds), rows in the paper's order:", "", _rows(sections["quality"], "row"),
-                  ""] + verdict + ([""] if verdict else [])
-    if "evaluation" in sections:
-        parts += ["Text-to-image metrics at the CUHK-PEDES test shape:", "",
-                  _rows(sections["evaluation"], "implementation"), ""]
-    if "throughput" in sections:
-        parts += ["Training loop:", "", _rows(sections["throughput"], "loop"), ""]
-    return "\n".join(parts).rstrip()
-
-
-def update_readme(sections):
-    text = open(README, encoding="utf-8").read()
-    if START not in text or END not in text:
-        return
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    with open(README + ".tmp", "w", encoding="utf-8") as f:
-        f.write(f"{head}{START}\n{headline(sections)}\n{END}{tail}")
-    os.replace(README + ".tmp", README)
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", nargs="+", choices=[b[0] for b in BENCHMARKS])
@@ -173,7 +124,6 @@ def main():
     for name, title, script_args, image, what in BENCHMARKS:
         if (args.only is None and name not in ON_REQUEST) or (args.only and name in args.only):
             sections[name] = run(name, title, script_args, image, what)
-    import torch
     header = [
         "# Benchmarks",
         "",
@@ -194,8 +144,7 @@ def main():
     with open(DOC + ".tmp", "w", encoding="utf-8") as f:
         f.write("\n".join(header) + "\n" + "\n".join(body))
     os.replace(DOC + ".tmp", DOC)
-    update_readme(sections)
-    print(f"wrote {DOC} and the summary in README.md")
+    print(f"wrote {DOC}")
 
 
 if __name__ == "__main__":

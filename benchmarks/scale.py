@@ -4,7 +4,7 @@ at CUHK-PEDES size with the exact and the approximate search side by side, and a
     python benchmarks/scale.py                      # 68k exact vs approximate, then 1M (`make bench-scale`)
     python benchmarks/scale.py --sizes 200000 --compare-at 20000 --plot scale.png
 
-Features: 512-d unit vectors around N / 6 identity centres (cpcl_plugin.clustering's
+Features: 512-d unit vectors around N / 6 identity centres (feature_distributions.py's
 clustered_features, the clustering benchmark's), stored in float16 as the pseudo-label pass
 stores them. Each run is its own process; its peak resident memory is measured from the features
 on (the process with its imports and the float16 features, not the generator's temporaries). The
@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from feature_distributions import clustered_features  # beside this script
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECTED_RANKS = 8
 
@@ -29,8 +31,7 @@ def run_one(n, search, out, share_of):
     sys.path.insert(0, REPO)
     import numpy as np
     import cpcl_plugin  # noqa: F401  (FastReID compat)
-    from cpcl_plugin.clustering import (cluster, clustered_features, knn, knn_share,
-                                        pseudo_label_quality)
+    from cpcl_plugin.clustering import cluster, knn, knn_share, pseudo_label_quality
     from cpcl_plugin.utils.memory import PeakMemory
     x, identities = clustered_features(n, with_identities=True)
     x = x.astype(np.float16)

@@ -66,7 +66,8 @@ def caption_features(n, seed=0, cache_dir=None):
     seed). Cached in `cache_dir` (default <dataset root>/benchmark-features)."""
     cfg = _config()
     from cpcl_plugin.data.synthetic import GENERATOR_VERSION
-    from cpcl_plugin.modeling.pretrained import ensure_pretrained_weights, pretrained_weights_path
+    from cpcl_plugin.engine.pretraining import ensure_pretrained_weights
+    from cpcl_plugin.modeling.pretrained import pretrained_weights_path
     from cpcl_plugin.utils.progress import console_logging
     weights = pretrained_weights_path(cfg)
     cache_dir = cache_dir or os.path.join(cfg.DATASETS.ROOT, "benchmark-features")

@@ -13,9 +13,9 @@ from . import compat  # noqa: E402
 
 compat.apply()
 
-from .config import ConfigError, add_cpcl_config, load_config  # noqa: E402
+from .errors import ConfigError, DatasetError  # noqa: E402
+from .config import add_cpcl_config, load_config  # noqa: E402
 from . import data, modeling, evaluation, engine  # noqa: E402,F401
-from .data import DatasetError  # noqa: E402
 from .engine import CPCLTrainer  # noqa: E402
 from .evaluation import t2i_metrics  # noqa: E402
 

@@ -12,12 +12,13 @@ import os
 import zipfile
 from contextlib import nullcontext
 
+import faiss
 import numpy as np
 
-from .config import ConfigError
-from .data.datasets import DatasetError, load_image
-from .engine.checkpoint import parameter_digest, write_atomically
+from .data.datasets import load_image
+from .errors import ConfigError, DatasetError
 from .evaluation.features import encode_captions_and_images
+from .utils.checkpoint import parameter_digest, write_atomically
 from .utils.progress import quiet_logger
 
 __all__ = ["GalleryIndex", "encode_queries", "check_queries", "list_images", "IMAGE_EXTENSIONS"]
@@ -72,7 +73,6 @@ class GalleryIndex:
     identities and a digest of the model that computed them, checked on load."""
 
     def __init__(self, features, image_paths, pids=None, model_digest=""):
-        import faiss
         self.features = np.ascontiguousarray(features, dtype=np.float32)
         self.image_paths = list(image_paths)
         self.pids = np.full(len(self.image_paths), -1, dtype=np.int64) if pids is None \

@@ -8,6 +8,8 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "tests", "configs", "tiny.yml")
 sys.path.insert(0, REPO)
+# The feature distributions and benchmark modules that tests share with benchmarks/.
+sys.path.insert(1, os.path.join(REPO, "benchmarks"))
 
 import cpcl_plugin  # noqa: E402,F401  (applies the FastReID compat patches first)
 

@@ -6,11 +6,11 @@ from fastreid.utils.compute_dist import compute_jaccard_distance
 from sklearn.cluster import DBSCAN
 from sklearn.metrics import adjusted_rand_score
 
-from cpcl_plugin.clustering import (FEATURE_DISTRIBUTIONS, cluster, jaccard_distance, knn,
-                                    knn_share, outliers_as_singletons, relabel_in_order,
-                                    resolve_search)
-from cpcl_plugin.clustering import clustered_features as make_features
+from cpcl_plugin.clustering import (cluster, jaccard_distance, knn, knn_share,
+                                    outliers_as_singletons, relabel_in_order, resolve_search)
 from cpcl_plugin.clustering.neighbours import ivf_lists
+from feature_distributions import FEATURE_DISTRIBUTIONS  # benchmarks/, on the path by conftest
+from feature_distributions import clustered_features as make_features
 
 
 def clustered_features(n, seed=0):

@@ -19,7 +19,7 @@ def test_collections_aliases_let_fastreid_import():
     assert collections.Mapping is collections.abc.Mapping
     from fastreid.evaluation.testing import flatten_results_dict
     assert flatten_results_dict({"a": {"b": 1.0}}) == {"a/b": 1.0}
-    assert compat._patch_collections() is False  # already fixed: nothing to do
+    assert compat.stack._patch_collections() is False  # already fixed: nothing to do
 
 
 def test_torch_six_stand_in_serves_fastreid_collate():
@@ -27,14 +27,14 @@ def test_torch_six_stand_in_serves_fastreid_collate():
     batch = fast_batch_collator([{"x": torch.ones(2), "path": "a"}, {"x": torch.zeros(2), "path": "b"}])
     assert batch["path"] == ["a", "b"]  # the string_classes branch from torch._six
     assert torch.equal(batch["x"], torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
-    assert compat._patch_torch_six() is False
+    assert compat.stack._patch_torch_six() is False
 
 
 def test_numpy_bool_patch_restores_the_alias(monkeypatch):
     monkeypatch.delattr(np, "bool", raising=False)
-    assert compat._patch_numpy_bool() is True
+    assert compat.stack._patch_numpy_bool() is True
     assert np.bool is bool
-    assert compat._patch_numpy_bool() is False
+    assert compat.stack._patch_numpy_bool() is False
 
 
 def test_cuhk03_metric_path_uses_np_bool_and_runs():
@@ -57,7 +57,7 @@ def test_dataloaderx_runs_without_cuda():
     batches = [b["x"][:, 0].tolist() for b in loader]
     assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert [len(b["x"]) for b in loader] == [4, 4, 2]  # a second pass works too
-    assert compat._patch_dataloaderx() is False
+    assert compat.loop._patch_dataloaderx() is False
 
 
 def _all_reduce_worker(out_dir):
@@ -78,8 +78,8 @@ def test_launch_uses_gloo_on_cpu(tmp_path, monkeypatch):
     for r in range(2):
         assert (tmp_path / f"rank{r}").read_text() == "gloo 3.0 2"
     launch_mod = importlib.import_module("fastreid.engine.launch")
-    assert launch_mod._distributed_worker is compat._distributed_worker
-    assert compat._patch_launch() is False
+    assert launch_mod._distributed_worker is compat.launching._distributed_worker
+    assert compat.launching._patch_launch() is False
 
 
 def test_typed_storage_warning_is_silenced():
@@ -87,7 +87,7 @@ def test_typed_storage_warning_is_silenced():
     from PIL import Image
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
-        compat._quiet_typed_storage_warning()
+        compat.stack._quiet_typed_storage_warning()
         t = ToTensor()(Image.new("RGB", (4, 2), (255, 0, 0)))
     assert t.shape == (3, 2, 4) and t[0].max() == 255  # FastReID keeps 0-255 pixels
     assert not [w for w in caught if "TypedStorage" in str(w.message)]
@@ -141,7 +141,7 @@ def test_contiguous_params_optimizer_updates_the_weights():
         assert not torch.equal(model[0].weight, start)
         weights[contiguous] = model[0].weight.detach().clone()
     assert torch.allclose(weights[True], weights[False], atol=1e-6)
-    assert compat._patch_contiguous_params() is False
+    assert compat.reid_projects._patch_contiguous_params() is False
 
 
 def test_amp_trainer_trains_a_cpu_model_in_float32(caplog):
@@ -170,7 +170,7 @@ def test_amp_trainer_trains_a_cpu_model_in_float32(caplog):
     assert not torch.equal(model.fc.weight, start)
     assert model.fc.weight.dtype == torch.float32
     assert [r for r in caplog.records if "trains in float32" in r.getMessage()]
-    assert compat._patch_amp_trainer() is False
+    assert compat.reid_projects._patch_amp_trainer() is False
 
 
 def test_default_trainers_ddp_takes_a_cpu_model(tmp_path):
@@ -186,7 +186,7 @@ def test_default_trainers_ddp_takes_a_cpu_model(tmp_path):
         assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
     finally:
         dist.destroy_process_group()
-    assert compat._patch_ddp_device_ids() is False
+    assert compat.reid_projects._patch_ddp_device_ids() is False
 
 
 def test_python_rank_evaluation_handles_a_short_gallery():
@@ -204,7 +204,7 @@ def test_python_rank_evaluation_handles_a_short_gallery():
     ref_cmc, ref_map, ref_minp = market1501_reference(dist, q_pids, g_pids, q_cams, g_cams, ranks)
     np.testing.assert_allclose([cmc[k - 1] for k in ranks], ref_cmc, atol=1e-6)
     assert np.mean(all_ap) == pytest.approx(ref_map) and np.mean(all_inp) == pytest.approx(ref_minp)
-    assert compat._patch_rank_short_gallery() is False
+    assert compat.reid_projects._patch_rank_short_gallery() is False
 
 
 def test_python_rank_evaluation_is_fastreids_on_a_full_gallery():
@@ -226,7 +226,7 @@ def test_python_rank_evaluation_is_fastreids_on_a_full_gallery():
     theirs = unpatched.eval_market1501(dist, q_pids, g_pids, q_cams, g_cams, 50)
     assert np.array_equal(ours[0], theirs[0])
     assert np.array_equal(ours[1], theirs[1]) and np.array_equal(ours[2], theirs[2])
-    assert compat._short_gallery_breaks(unpatched.eval_market1501)
+    assert compat.reid_projects._short_gallery_breaks(unpatched.eval_market1501)
 
 
 def test_rerank_jaccard_distance_runs_on_cpu():
@@ -239,7 +239,7 @@ def test_rerank_jaccard_distance_runs_on_cpu():
     full = compute_jaccard_distance(torch.cat([q, g]), k1=4, k2=2, search_option=3)
     assert dist.shape == (5, 9) and np.array_equal(dist, full[:5, 5:])
     assert ((dist >= 0) & (dist <= 1)).all()
-    assert compat._patch_jaccard_cpu() is False
+    assert compat.reid_projects._patch_jaccard_cpu() is False
 
 
 def test_verify_results_raises_instead_of_exiting():
@@ -250,7 +250,7 @@ def test_verify_results_raises_instead_of_exiting():
     assert verify_results(cfg, {"Market1501": {"mAP": 80.5}}) is True
     with pytest.raises(compat.ResultsVerificationError):
         verify_results(cfg, {"Market1501": {"mAP": 50.0}})
-    assert compat._patch_verify_results() is False
+    assert compat.reid_projects._patch_verify_results() is False
 
 
 def test_environment_table_shows_the_installed_fastreid():
@@ -260,7 +260,7 @@ def test_environment_table_shows_the_installed_fastreid():
     assert fastreid.__version__ == version("fastreid")
     row = next(line for line in collect_env_info().splitlines() if line.startswith("fastreid"))
     assert row.split()[1] == version("fastreid")
-    assert compat._patch_fastreid_version() is False
+    assert compat.loop._patch_fastreid_version() is False
 
 
 def test_metric_printer_written_twice_at_one_iteration_prints_once(caplog):
@@ -276,4 +276,4 @@ def test_metric_printer_written_twice_at_one_iteration_prints_once(caplog):
         storage.iter = 1
         printer.write()
     assert [r.getMessage().count("epoch/iter") for r in caplog.records] == [1, 1]
-    assert compat._patch_metric_printer() is False
+    assert compat.loop._patch_metric_printer() is False

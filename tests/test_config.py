@@ -8,7 +8,9 @@ from fastreid.config import get_cfg
 
 from conftest import REPO, TINY
 from cpcl_plugin import ConfigError, load_config
-from cpcl_plugin.config import RANGES, _in_range, add_cpcl_config, backbone_depths
+from cpcl_plugin.compat import backbone_depths
+from cpcl_plugin.config import RANGES, add_cpcl_config
+from cpcl_plugin.config.checks import _in_range
 
 
 def _error(*opts, config_file=TINY):

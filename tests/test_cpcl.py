@@ -61,7 +61,7 @@ def test_oplm_leaves_double_outliers_alone():
 
 
 def _mine_outliers_one_by_one(image_labels, text_labels, pair_image, image_f, text_f, threshold):
-    """design.md's OPLM written plainly, outlier by outlier, on a dense co-occurrence."""
+    """docs/design.md's OPLM (section 1.3) written plainly, outlier by outlier, on a dense co-occurrence."""
     kv, kt = image_labels.max(initial=-1) + 1, text_labels.max(initial=-1) + 1
     pair_a = image_labels[pair_image]
     A = cooccurrence(pair_a, text_labels, kv, kt).toarray()
@@ -299,7 +299,7 @@ class _Listed(list):
 def test_training_ignores_identity_labels(tiny_cfg, monkeypatch):
     """Shuffling every identity label of the dataset changes nothing that training computes."""
     from cpcl_plugin.data import datasets
-    from cpcl_plugin.engine.checkpoint import parameter_digest
+    from cpcl_plugin.utils.checkpoint import parameter_digest
     from fastreid.utils.env import seed_all_rng
     from fastreid.utils.events import EventStorage
 

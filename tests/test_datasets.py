@@ -1,4 +1,4 @@
-"""The dataset formats (design.md section 4), the custom JSON format, validation of bad input,
+"""The dataset formats (docs/design.md section 3), the custom JSON format, validation of bad input,
 undecodable images, evaluation splits and tools/check_dataset.py."""
 import json
 import logging

@@ -181,7 +181,7 @@ def test_evaluator_leaves_out_undecodable_gallery_images():
 def test_ranked_lists_skip_undecodable_images_and_mark_identities(monkeypatch, tmp_path):
     """TEST.VIS_TOPK pictures: each query is drawn from the ranking of the decodable gallery
     images (stable, as the metrics rank them), with their identities and its own."""
-    import cpcl_plugin.visualization as vis
+    from cpcl_plugin.evaluation import t2i_evaluation
     drawn = []
 
     def fake_draw(caption, order, scores, image_paths, path, topk, gallery_ids, query_id):
@@ -189,7 +189,7 @@ def test_ranked_lists_skip_undecodable_images_and_mark_identities(monkeypatch, t
                       [gallery_ids[o] for o in order], query_id, topk))
         return {"picture": path, "query": caption, "identity": query_id, "AP": "",
                 "first_true_match": "", "top1": ""}
-    monkeypatch.setattr(vis, "draw_query", fake_draw)
+    monkeypatch.setattr(t2i_evaluation, "draw_query", fake_draw)
     q = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
     g = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
     qp, gp = torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2, 1, 0])
@@ -217,7 +217,7 @@ def test_ranked_lists_skip_undecodable_images_and_mark_identities(monkeypatch, t
 def test_per_query_ap_of_the_pictures_averages_to_the_map(seed):
     """The AP a ranked-list picture shows is the query's share of t2i_metrics' mAP, ties
     included, and its first positive rank gives R1."""
-    from cpcl_plugin.evaluation.t2i_evaluation import average_precision, positive_ranks
+    from cpcl_plugin.evaluation.metrics import average_precision, positive_ranks
     sim, qp, gp = random_case(seed, levels=4)
     ranks = [positive_ranks(np.argsort(-sim[i], kind="stable"), gp, qp[i]) for i in range(len(qp))]
     expected = t2i_metrics(sim, qp, gp)

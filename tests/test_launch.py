@@ -13,10 +13,9 @@ from test_train_net import _digests
 from cpcl_plugin.engine.launch import (EnvironmentLaunch, LaunchError, detect_environment_launch,
                                        gpu_shortage, launcher_conflict, parse_slurm_hostlist,
                                        parse_slurm_tasks_per_node)
+from cpcl_plugin.train import cli
 
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
-sys.path.insert(0, os.path.dirname(TRAIN_NET))
-import train_net  # noqa: E402
 ONE_EPOCH = ["SOLVER.MAX_EPOCH", "1"]
 # torchrun gives each process one thread unless told otherwise, and float sums depend on the
 # thread count: every run here gets the same one.
@@ -133,7 +132,7 @@ def test_a_process_without_its_gpu_is_told_why():
 def test_launcher_flags_under_srun_end_in_one_sentence(monkeypatch, capsys, rank):
     for name, value in dict(SLURM, SLURM_PROCID=str(rank)).items():
         monkeypatch.setenv(name, value)
-    assert train_net.cli(["--config-file", TINY, "--num-gpus", "2"]) == 2
+    assert cli(["--config-file", TINY, "--num-gpus", "2"]) == 2
     said = "error: " + launcher_conflict(detect_environment_launch(), 2, 1) + "\n"
     # Every rank finds it; one says it.
     assert capsys.readouterr().err == (said if rank == 0 else "")

@@ -7,10 +7,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cpcl_plugin.clustering import cluster, clustered_features, knn
+from cpcl_plugin.clustering import cluster, knn
 from cpcl_plugin.engine.pseudo_labels import memory_contents, shared_neighbours
 from cpcl_plugin.modeling import PrototypeMemory
 from cpcl_plugin.utils.memory import PeakMemory
+from feature_distributions import clustered_features  # benchmarks/, on the path by conftest
 
 WORLD_SIZE = 2
 

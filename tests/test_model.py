@@ -227,7 +227,7 @@ def test_model_weights_load_strictly_unless_partial_is_asked(tiny_cfg, tmp_path,
     MODEL.WEIGHTS_PARTIAL loads what fits and logs each tensor skipped, with its shapes."""
     import logging
 
-    from cpcl_plugin.engine.checkpoint import load_model_weights
+    from cpcl_plugin.utils.checkpoint import load_model_weights
     source = CPCLTrainer.build_model(tiny_cfg()).state_dict()
     dropped = next(k for k in source if k.startswith("backbone."))
     state = {k: v for k, v in source.items() if k != dropped}

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from cpcl_plugin import CPCLTrainer, ConfigError
-from cpcl_plugin.engine.checkpoint import load_trained_model
-from cpcl_plugin.modeling import pretrained as pretrained_module
-from cpcl_plugin.modeling.pretrained import ensure_pretrained_weights, pretrained_weights_path
+from cpcl_plugin.modeling import load_trained_model
+from cpcl_plugin.engine import pretraining
+from cpcl_plugin.engine.pretraining import ensure_pretrained_weights
+from cpcl_plugin.modeling.pretrained import pretrained_weights_path
 
 from conftest import REPO
 
@@ -85,7 +86,7 @@ def test_an_interrupted_export_leaves_no_weights(tiny_cfg, tmp_path, monkeypatch
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(pretrained_module, "export_open_clip_weights", killed)
+    monkeypatch.setattr(pretraining, "export_open_clip_weights", killed)
     with pytest.raises(KeyboardInterrupt):
         ensure_pretrained_weights(cfg)
     path = pretrained_weights_path(cfg)
@@ -123,8 +124,8 @@ def test_tools_with_trained_weights_do_not_pretrain(tiny_cfg, tmp_path, monkeypa
 
     def must_not_run(cfg):
         raise AssertionError("pretraining started")
-    monkeypatch.setattr(pretrained_module, "ensure_pretrained_weights", must_not_run)
-    monkeypatch.setattr("cpcl_plugin.modeling.encoders.ensure_pretrained_weights", must_not_run)
+    monkeypatch.setattr(pretraining, "ensure_pretrained_weights", must_not_run)
+    monkeypatch.setattr("cpcl_plugin.engine.trainer.ensure_pretrained_weights", must_not_run)
     model = load_trained_model(tiny_cfg("MODEL.CLIP.PRETRAINED", TINY_PRETRAIN,
                                         "MODEL.WEIGHTS", str(checkpoint)), "a test")
     assert not model.training

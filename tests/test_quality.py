@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import quality  # benchmarks/quality.py, on the path by conftest
 from conftest import REPO
 
 
@@ -38,8 +39,6 @@ def test_quick_mode_trains_the_rows_from_pretrained_weights_and_writes_its_json(
 
 
 def test_the_ablation_by_default_leaves_the_diagnosis_rows_to_be_asked_for():
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-    import quality
     assert quality.MAIN_ROWS == ["zeroshot", "itc", "pmm", "hcm", "full", "true_cpcl", "oracle"]
     assert not set(quality.MAIN_ROWS) & set(quality.DIAGNOSIS)
     assert set(quality.DIAGNOSIS) <= set(quality.ROWS)

@@ -76,7 +76,7 @@ def test_retrieve_a_typed_query_on_the_test_split_and_reuse_the_index(trained, t
 
 
 def test_saved_index_ranks_like_a_fresh_one(trained, tmp_path):
-    from cpcl_plugin.engine.checkpoint import load_trained_model
+    from cpcl_plugin.modeling import load_trained_model
     from cpcl_plugin.retrieval import GalleryIndex, encode_queries
     opts, weights = trained
     cfg = load_config(TINY, opts + ["MODEL.WEIGHTS", weights])
@@ -184,7 +184,7 @@ def test_export_features(trained, tmp_path, capsys):
 
 
 def test_ranked_list_pictures_from_evaluation(trained, tmp_path):
-    from cpcl_plugin.engine.checkpoint import load_trained_model
+    from cpcl_plugin.modeling import load_trained_model
     opts, weights = trained
     cfg = load_config(TINY, opts + ["OUTPUT_DIR", str(tmp_path), "TEST.VIS_TOPK", "4",
                                     "TEST.VIS_QUERIES", "3", "MODEL.WEIGHTS", weights])

@@ -74,8 +74,7 @@ def test_weights_broken_by_the_last_step_are_never_checkpointed(tiny_cfg, tmp_pa
 
 
 def test_flags_may_follow_the_overrides():
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    from train_net import parse_args
+    from cpcl_plugin.train import parse_args
     args = parse_args(["--config-file", "a.yml", "SOLVER.MAX_EPOCH", "3", "--resume",
                        "--num-gpus", "2", "OUTPUT_DIR", "x", "--dist-url=auto"])
     assert args.resume and args.num_gpus == 2 and args.dist_url == "auto"

@@ -1,14 +1,13 @@
-"""Ranked-list pictures (cpcl_plugin.visualization) and the benchmark plots' row labels."""
+"""Ranked-list pictures (cpcl_plugin.evaluation.visualization) and the benchmark plots' row labels."""
 import csv
 import os
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
-from cpcl_plugin.visualization import (COLORS, Tile, draw_query, font, label_font_size,
+import quality  # benchmarks/quality.py, on the path by conftest
+from cpcl_plugin.evaluation.visualization import (COLORS, Tile, draw_query, font, label_font_size,
                                        new_picture_path, tile_lines, wrap_text,
                                        write_picture_index)
 
@@ -95,8 +94,6 @@ def test_pictures_are_never_overwritten_and_the_index_lists_every_query(tmp_path
 
 
 def test_plot_labels_say_what_a_row_is():
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-    import quality
     assert quality.plot_label("oracle", one_line=True) == "supervised upper bound"
     for row in quality.ROWS:
         label = quality.plot_label(row)

@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cpcl_plugin import ConfigError, DatasetError, load_config  # noqa: E402
 from cpcl_plugin.data import build_dataset, parse_test_name  # noqa: E402
 from cpcl_plugin.data.build import flatten_pairs  # noqa: E402
-from cpcl_plugin.engine.checkpoint import load_trained_model, write_atomically  # noqa: E402
+from cpcl_plugin.modeling import load_trained_model  # noqa: E402
+from cpcl_plugin.utils.checkpoint import write_atomically  # noqa: E402
 from cpcl_plugin.evaluation import encode_captions_and_images  # noqa: E402
 from cpcl_plugin.utils.progress import console_logging  # noqa: E402
 

@@ -30,11 +30,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cpcl_plugin import ConfigError, DatasetError, load_config  # noqa: E402
 from cpcl_plugin.data import build_dataset, parse_test_name  # noqa: E402
-from cpcl_plugin.engine.checkpoint import load_trained_model  # noqa: E402
+from cpcl_plugin.modeling import load_trained_model  # noqa: E402
 from cpcl_plugin.retrieval import (IMAGE_EXTENSIONS, GalleryIndex, check_queries,  # noqa: E402
                                    encode_queries, list_images)
 from cpcl_plugin.utils.progress import console_logging, track  # noqa: E402
-from cpcl_plugin.visualization import (draw_query, new_picture_path,  # noqa: E402
+from cpcl_plugin.evaluation.visualization import (draw_query, new_picture_path,  # noqa: E402
                                        write_picture_index)
 
 logger = logging.getLogger("cpcl_plugin.retrieve")

@@ -1,5 +1,4 @@
 """Pseudo labels from features: pure functions on arrays, no trainer state."""
-from .feature_distributions import FEATURE_DISTRIBUTIONS, clustered_features
 from .jaccard import (EXACT_SEARCH_MAX, cluster, jaccard_distance, outliers_as_singletons,
                       relabel_in_order)
 from .neighbours import SEARCHES, knn, knn_share, resolve_search, row_share

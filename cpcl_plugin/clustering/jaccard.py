@@ -17,9 +17,13 @@ below 1) are stored. Arrays in, arrays out; no trainer state. The neighbour list
 """
 import logging
 import time
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
+import torch
+from scipy.sparse.csgraph import connected_components
+from sklearn.cluster import DBSCAN
 
 from .neighbours import knn, resolve_search
 
@@ -48,10 +52,6 @@ def _reciprocal(forward):
 def _sampled_dots(f, pattern):
     """f_i . f_j for every stored (i, j) of the CSR `pattern`, in its order (torch's SDDMM, which
     avoids gathering two feature rows per entry)."""
-    import warnings
-
-    import torch
-
     t = torch.from_numpy(f)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch calls sparse CSR "beta"; the kernel is exact
@@ -168,8 +168,6 @@ def _dbscan_graph(V, eps, min_samples):
     other candidate is summed unless it can be skipped. In dense regions, where most pairs
     qualify, this skips most of the summing.
     """
-    from scipy.sparse.csgraph import connected_components
-
     V = _sorted_csr(V)
     n = V.shape[0]
     min_mass = _min_mass(eps)
@@ -292,8 +290,6 @@ def cluster(features, eps=0.6, min_samples=4, k1=30, k2=6, search="auto", neighb
     Labels are numbered 0..K-1 in order of first appearance, so the same partition always gets
     the same labels.
     """
-    from sklearn.cluster import DBSCAN
-
     n = len(features)
     if n == 0:
         return np.zeros(0, dtype=np.int64)

@@ -25,6 +25,7 @@ import logging
 import math
 import time
 
+import faiss
 import numpy as np
 import torch
 
@@ -198,8 +199,6 @@ def _own_first(scores, columns=None):
 def _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block):
     """IVF: the rows of each cell of this rank's share of cells, against the rows of the nprobe
     cells nearest to the cell's centre."""
-    import faiss
-
     start = time.perf_counter()
     n, device = x.n, x.device
     cells = ivf_lists(n, nlist)

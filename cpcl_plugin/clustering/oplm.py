@@ -7,6 +7,8 @@ Features may be float16 (the pseudo-label pass stores them so); sums are taken i
 cosines in float32."""
 import numpy as np
 import scipy.sparse as sp
+from sklearn.metrics import adjusted_rand_score
+from sklearn.metrics.cluster import contingency_matrix
 
 from .jaccard import outliers_as_singletons
 
@@ -88,7 +90,7 @@ def _indicator(rows, cols, shape):
 
 def mine_outliers(image_labels, text_labels, pair_image, image_features, text_features,
                   threshold=0.5):
-    """OPLM as design.md specifies it.
+    """OPLM as docs/design.md (section 1.3) specifies it.
 
     Args:
         image_labels: (N_img,) cluster label per unique image, -1 = outlier.
@@ -146,9 +148,6 @@ def pseudo_label_quality(pseudo_labels, true_labels):
     """MONITORING ONLY (needs identity labels; training never calls it): pairwise precision and
     recall of `pseudo_labels` against `true_labels` (outliers pair with nothing), and the adjusted
     Rand index with each outlier as its own cluster. Values in [0, 1] (ARI can be negative)."""
-    from sklearn.metrics import adjusted_rand_score
-    from sklearn.metrics.cluster import contingency_matrix
-
     pred = np.asarray(pseudo_labels)
     true = np.asarray(true_labels)
     ok = pred >= 0

@@ -24,7 +24,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import check_batch_split
-from .datasets import DatasetError, build_dataset, load_image, parse_test_name
+from ..errors import DatasetError
+from .datasets import build_dataset, load_image, parse_test_name
 from .samplers import KindAwareBatchSampler, PseudoIdentitySampler
 from .tokenizer import build_tokenizer
 

@@ -31,6 +31,7 @@ from PIL import Image, ImageOps
 from tabulate import tabulate
 
 from ..compat import registry_names
+from ..errors import DatasetError
 from .synthetic import SyntheticSpec, ensure_synthetic_dataset
 
 __all__ = ["ImageRecord", "TextImageDataset", "DatasetError", "dataset_root", "build_dataset",
@@ -43,21 +44,6 @@ logger = logging.getLogger(__name__)
 ImageRecord = namedtuple("ImageRecord", ["image_path", "pid", "captions"])
 
 SPLITS = ("train", "val", "test")
-
-
-class DatasetError(ValueError):
-    """Missing or malformed dataset files; the message names the file and entry."""
-
-    one_sentence = True  # printed as its message alone (see compat: one_sentence_errors)
-
-    def __str__(self):
-        # A DataLoader worker re-raises this error in the main process with the worker's
-        # traceback pasted into the message; the user needs only its last line, the sentence.
-        msg = super().__str__()
-        marker = f"{DatasetError.__module__}.{DatasetError.__qualname__}: "
-        if "Original Traceback" in msg and marker in msg:
-            return msg.rsplit(marker, 1)[1].strip()
-        return msg
 
 
 def dataset_root(cfg):
@@ -391,7 +377,7 @@ class TextImageJSON(TextImageDataset):
         if not c.ANNOTATION_FILE:
             raise DatasetError("TextImageJSON needs DATASETS.TEXT_IMAGE_JSON.ANNOTATION_FILE: the "
                                "path of your JSON list of {image, id, split, captions} entries "
-                               "(see the README, 'Your own data').")
+                               "(see docs/training.md, 'Your own data').")
         return dict(annotation_files=(c.ANNOTATION_FILE,), image_dir=c.IMAGE_DIR,
                     image_key=c.IMAGE_KEY, id_key=c.ID_KEY, split_key=c.SPLIT_KEY,
                     captions_key=c.CAPTIONS_KEY)

@@ -32,7 +32,8 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..config import ConfigError
+from ..config import CHOICES
+from ..errors import ConfigError
 
 __all__ = ["SyntheticSpec", "generate_synthetic_dataset", "ensure_synthetic_dataset",
            "sample_identity", "describe_identity"]
@@ -57,7 +58,7 @@ ATTRIBUTES = ("gender", "hair", "hat", "upper", "lower", "shoes", "bag")
 # The looks and languages of the synthetic world (see the module docstring), and the attributes
 # each domain's captions talk about: web alt text never mentions hats, shoes or bags, though its
 # photos show them (the target's captions then teach what pretraining could not).
-DOMAINS = ("street", "web")
+DOMAINS = CHOICES["DATASETS.SYNTHETIC.DOMAIN"]
 DESCRIBED = {"street": ATTRIBUTES, "web": ("gender", "hair", "upper", "lower")}
 
 

@@ -1,9 +1,10 @@
-"""How this process was started: by torchrun, by SLURM's srun, or neither (FastReID's own
-launcher, or one plain process). `detect_environment_launch` reads the environment variables the
-first two set; tools/train_net.py then joins the process group they describe through
-`cpcl_plugin.compat.environment_process_group` (the part that touches FastReID's internals).
+"""Every way a training run is launched, in one place: FastReID's launcher (`--num-gpus`,
+`--num-machines`; one plain process by default), torchrun, or SLURM's srun. `launch_run` is the
+entry point (cpcl_plugin/train.py's `cli` calls it); `detect_environment_launch` tells whether
+torchrun or srun started this process, from the variables they set. Joining a process group
+touches FastReID's internals, so that step is compat/launching.py's.
 
-The rules (the first that applies decides):
+How a torchrun or srun process is recognised (the first rule that applies decides):
 
 1. torchrun (or anything that sets its variables): RANK and WORLD_SIZE are set. LOCAL_RANK,
    LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT must be set too; GROUP_RANK, when set, is the node.
@@ -23,13 +24,22 @@ import dataclasses
 import datetime
 import os
 import re
+import sys
 from typing import Optional
 
-from ..config import ConfigError
+import torch
+import torch.distributed as dist
+from fastreid.engine import launch as fastreid_launch
+from torch.multiprocessing import ProcessExitedException
+
+from ..compat import dist_backend, join_process_group, leave_process_group
+from ..config import load_config
+from ..errors import ConfigError, DatasetError
 
 __all__ = ["EnvironmentLaunch", "LaunchError", "Rank0Failed", "detect_environment_launch",
-           "gpu_shortage", "launcher_conflict", "parse_slurm_hostlist",
-           "parse_slurm_tasks_per_node", "run_on_rank0_first", "without_launch_variables"]
+           "environment_process_group", "gpu_shortage", "launch_run", "launcher_conflict",
+           "parse_slurm_hostlist", "parse_slurm_tasks_per_node", "run_on_rank0_first",
+           "without_launch_variables"]
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                       "MASTER_PORT")
@@ -264,8 +274,6 @@ def run_on_rank0_first(task, timeout=PREFLIGHT_TIMEOUT):
     returns rank 0's result on every rank (it must pickle). When `task` raises on rank 0, the
     exception goes on there and the others raise `Rank0Failed` instead of waiting: exit status 2
     for an error whose class says `one_sentence` (ConfigError, DatasetError), 1 for any other."""
-    import torch.distributed as dist
-
     # A gloo group of its own: objects travel through the CPU whichever the backend, and the wait
     # may outlast the default group's timeout.
     group = dist.new_group(backend="gloo", timeout=timeout)
@@ -285,3 +293,105 @@ def run_on_rank0_first(task, timeout=PREFLIGHT_TIMEOUT):
         return value
     finally:
         dist.destroy_process_group(group)
+
+
+@contextlib.contextmanager
+def environment_process_group(launch):
+    """Join, for the ``with`` block, the process group that torchrun's or SLURM's variables
+    describe (`launch`: an `EnvironmentLaunch`), through env:// initialisation and the same steps
+    as FastReID's launcher's worker; yields the backend's name."""
+    os.environ.update(launch.torch_environment())  # what env:// reads; SLURM sets none of it
+    backend = dist_backend()
+    join_process_group(backend, "env://", launch.world_size, launch.rank, launch.local_rank,
+                       launch.node_rank)
+    try:
+        yield backend
+    finally:
+        leave_process_group()
+
+
+def configured_device(args):
+    """MODEL.DEVICE of the command line's config, or "" where the config has a problem (rank 0's
+    preflight then reports it; the backend chosen meanwhile is the same on every rank)."""
+    try:
+        return load_config(args.config_file, args.opts, check=False).MODEL.DEVICE
+    except ConfigError:
+        return ""
+
+
+def _preflight_alone(preflight, args, world_size):
+    """`preflight` as a process of its own: a pretraining recipe's run (a child training process)
+    must not take itself for a rank of this launch. Returns nothing (the config stays here)."""
+    with without_launch_variables():
+        preflight(args, world_size)
+
+
+def _run_as_environment_rank(args, launch, preflight, worker):
+    """The rank `launch` describes (torchrun's or SLURM's process): join the process group, let
+    rank 0 run the preflight while the others wait, then `worker(args)` in this process. Returns
+    the exit status."""
+    conflict = launcher_conflict(launch, args.num_gpus, args.num_machines)
+    if conflict:
+        if launch.rank == 0:  # every rank finds it; one says it
+            print(f"error: {conflict}", file=sys.stderr)
+        return 2
+    # Read by dist_backend(): gloo for CPU runs. Every rank reads the config for it, as the
+    # backend is chosen before rank 0's preflight can say anything.
+    os.environ["CPCL_DEVICE"] = configured_device(args)
+    if dist_backend() == "nccl":
+        shortage = gpu_shortage(launch, torch.cuda.device_count())
+        if shortage:
+            print(f"error: {shortage}", file=sys.stderr)
+            return 2
+    args.environment_launch = launch  # for the log's first lines
+    with environment_process_group(launch):
+        try:
+            run_on_rank0_first(lambda: _preflight_alone(preflight, args, launch.world_size))
+        except (ConfigError, DatasetError) as err:  # rank 0
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except Rank0Failed as failed:  # the other ranks: rank 0 said why
+            return failed.exit_status
+        try:
+            worker(args)
+        except SystemExit as exit_:  # the worker already said why
+            return exit_.code
+    return 0
+
+
+def launch_run(args, preflight, worker):
+    """Run `worker(args)` in every process of the launch that the command line `args` (FastReID's
+    launcher flags, config_file, opts) and the environment describe; returns the exit status.
+    `preflight(args, world_size)` checks the config, data and weights once, before any worker
+    starts (in this process, or on rank 0 of a torchrun or SLURM launch while the others wait),
+    and returns the config. `worker` must be a module-level function (the launcher pickles it);
+    it ends with SystemExit(2) after saying why a config or data error stopped it."""
+    try:
+        environment_launch = detect_environment_launch()
+    except ConfigError as err:  # incomplete launch variables
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if environment_launch is not None:
+        return _run_as_environment_rank(args, environment_launch, preflight, worker)
+    try:
+        cfg = preflight(args, args.num_gpus * args.num_machines)
+    except (ConfigError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    # Read by the launcher's worker (compat/launching.py) to pick gloo for CPU runs.
+    os.environ["CPCL_DEVICE"] = cfg.MODEL.DEVICE
+    try:
+        fastreid_launch(worker, args.num_gpus, num_machines=args.num_machines,
+                        machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+    except SystemExit as exit_:  # the single-process case: the worker already said why
+        return exit_.code
+    except ProcessExitedException as err:  # a launched worker exited; the launcher stopped the rest
+        if err.exit_code != 2:  # 2: the worker has already said why, naming its rank
+            rank = args.machine_rank * args.num_gpus + err.error_index
+            how = f"was killed by {err.signal_name}" if err.signal_name else \
+                f"exited with status {err.exit_code}"
+            log = os.path.join(cfg.OUTPUT_DIR, "log.txt" + (f".rank{rank}" if rank else ""))
+            print(f"error: the process of rank {rank} (pid {err.error_pid}) {how}; the other "
+                  f"processes were stopped. Its log: {log}.", file=sys.stderr)
+        return err.exit_code if err.exit_code > 0 else 128 - err.exit_code
+    return 0

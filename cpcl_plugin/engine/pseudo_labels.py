@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
-from torch.nn.parallel import DistributedDataParallel
 
 from ..clustering import (cluster, cooccurrence, knn_share, mine_outliers, pseudo_label_quality,
                           resolve_search, row_share)
@@ -30,16 +29,13 @@ from ..clustering.oplm import label_sums, normalized_rows
 from ..data.build import build_feature_loader, flatten_pairs
 from ..data.datasets import build_dataset
 from ..evaluation.features import extract_features
+from ..utils.checkpoint import unwrap
 from ..utils.memory import PeakMemory
 from ..utils.progress import Progress
 
 __all__ = ["PseudoLabelHook", "unwrap", "clustering_settings", "memory_contents"]
 
 logger = logging.getLogger(__name__)
-
-
-def unwrap(model):
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def clustering_settings(cfg):

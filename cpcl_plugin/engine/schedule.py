@@ -12,12 +12,27 @@ import math
 from fastreid.solver.lr_scheduler import _get_warmup_factor_at_epoch
 from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["cosine_learning_rate", "cosine_start", "WarmupCosineLR"]
+from ..errors import ConfigError
+
+__all__ = ["cosine_learning_rate", "cosine_start", "check_schedule", "WarmupCosineLR"]
 
 
 def cosine_start(cfg, iters_per_epoch):
     """The iteration where the cosine begins: after the warm-up and after SOLVER.DELAY_EPOCHS."""
     return max(cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.DELAY_EPOCHS * iters_per_epoch)
+
+
+def check_schedule(cfg, iters_per_epoch):
+    """The cosine schedule (stepped per iteration) starts after the warm-up and
+    SOLVER.DELAY_EPOCHS; at least one iteration must be left for it."""
+    max_iter = cfg.SOLVER.MAX_EPOCH * iters_per_epoch
+    if cfg.SOLVER.SCHED == "CosineAnnealingLR" and cosine_start(cfg, iters_per_epoch) >= max_iter:
+        raise ConfigError(
+            f"SOLVER.WARMUP_ITERS {cfg.SOLVER.WARMUP_ITERS} and SOLVER.DELAY_EPOCHS "
+            f"{cfg.SOLVER.DELAY_EPOCHS} leave no iteration for the cosine schedule within "
+            f"SOLVER.MAX_EPOCH {cfg.SOLVER.MAX_EPOCH} ({max_iter} iterations of "
+            f"{iters_per_epoch} per epoch); lower WARMUP_ITERS or DELAY_EPOCHS, or raise "
+            f"MAX_EPOCH.")
 
 
 def cosine_learning_rate(iteration, base_lr, max_iter, eta_min=0.0, cosine_start=0,

@@ -31,19 +31,20 @@ from fastreid.evaluation.testing import flatten_results_dict, print_csv_format
 from fastreid.solver import build_optimizer
 from fastreid.utils import comm
 from fastreid.utils.events import CommonMetricPrinter
+from fastreid.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from ..compat import writer_classes
-from ..config import ConfigError, check_schedule
-from ..data.datasets import DatasetError
+from ..compat.writers import JSONWriter, TensorboardWriter
 from ..data.build import build_text_image_test_loader, build_text_image_train_loader
+from ..errors import ConfigError, DatasetError
 from ..evaluation.features import run_inference
 from ..evaluation.t2i_evaluation import TextImageEvaluator
-from .checkpoint import (AtomicCheckpointer, load_model_weights, parameter_digest,
-                         remove_interrupted_writes)
-from .schedule import WarmupCosineLR
-from .pseudo_labels import PseudoLabelHook, unwrap
+from ..utils.checkpoint import (AtomicCheckpointer, load_model_weights, parameter_digest,
+                                remove_interrupted_writes, unwrap)
+from .pretraining import ensure_pretrained_weights
+from .pseudo_labels import PseudoLabelHook
 from .random_state import RandomStates
+from .schedule import WarmupCosineLR, check_schedule
 
 __all__ = ["CPCLTrainer", "EvalBeforeTrain", "TrainingDiverged"]
 
@@ -63,7 +64,6 @@ class CPCLTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         fr_logger = logging.getLogger("fastreid")
         if not fr_logger.isEnabledFor(logging.INFO):
-            from fastreid.utils.logger import setup_logger
             setup_logger()
         self.cfg = cfg
         if comm.is_main_process() and cfg.OUTPUT_DIR:
@@ -120,6 +120,12 @@ class CPCLTrainer(DefaultTrainer):
     data_loader = property(lambda self: self._data_loader)
     optimizer = property(lambda self: self._optimizer)
     grad_scaler = property(lambda self: self._grad_scaler)
+
+    @classmethod
+    def build_model(cls, cfg):
+        # A pretraining config in MODEL.CLIP.PRETRAINED: its weights are made first (once; cached).
+        ensure_pretrained_weights(cfg)
+        return super().build_model(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -204,10 +210,10 @@ class CPCLTrainer(DefaultTrainer):
         return ret
 
     def build_writers(self):
-        tensorboard_writer, json_writer = writer_classes()  # also write evaluation metrics
+        # Per-scalar writers (compat/writers.py), so that evaluation metrics are written too.
         return [CommonMetricPrinter(self.max_iter),
-                json_writer(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
-                tensorboard_writer(self.cfg.OUTPUT_DIR)]
+                JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+                TensorboardWriter(self.cfg.OUTPUT_DIR)]
 
     def _next_batch(self):
         if self._epoch_iter is None:

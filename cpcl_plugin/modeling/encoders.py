@@ -18,11 +18,13 @@ import torch.nn.functional as F
 from fastreid.layers import pooling
 from fastreid.modeling.backbones import BACKBONE_REGISTRY
 from fastreid.utils.registry import Registry
+from open_clip.factory import load_state_dict
 from torch import nn
 
 from ..compat import registry_names
-from ..config import ConfigError, error_summary
-from .pretrained import ensure_pretrained_weights, is_recipe
+from ..errors import ConfigError, error_summary
+from ..utils.checkpoint import check_weight_file
+from .pretrained import is_recipe, pretrained_weights_path
 
 __all__ = ["TEXT_ENCODER_REGISTRY", "build_text_encoder", "create_clip_model",
            "OpenCLIPImageBackbone", "OpenCLIPTextEncoder", "ImageEmbeddingHead"]
@@ -64,13 +66,19 @@ class _PositionEmbeddingResize(logging.Filter):
 def create_clip_model(cfg):
     """The open_clip model of MODEL.CLIP at the configured image size and context length, with
     weights from MODEL.CLIP.PRETRAINED (tag, file, or a pretraining config whose cached weights
-    are made on first use; position embeddings interpolated)."""
+    engine/pretraining.py has made; position embeddings interpolated)."""
     arch, pretrained = cfg.MODEL.CLIP.ARCH, cfg.MODEL.CLIP.PRETRAINED or None
     if arch not in open_clip.list_models():
         raise ConfigError(f"MODEL.CLIP.ARCH {arch!r} is not an open_clip architecture; choose one "
                           f"of open_clip.list_models(), e.g. ViT-B-16, ViT-L-14, CPCL-Tiny.")
     if pretrained and is_recipe(pretrained):
-        pretrained = ensure_pretrained_weights(cfg)  # a local file from here on
+        recipe, pretrained = pretrained, pretrained_weights_path(cfg)  # a local file from here on
+        if not os.path.isfile(pretrained):
+            raise ConfigError(
+                f"MODEL.CLIP.PRETRAINED {recipe}: its weights are not made yet ({pretrained}); "
+                f"train with tools/train_net.py or CPCLTrainer, which make them first, or call "
+                f"cpcl_plugin.engine.pretraining.ensure_pretrained_weights(cfg) before building "
+                f"the model.")
     is_tag = bool(pretrained and open_clip.get_pretrained_cfg(arch, pretrained))
     if pretrained and not is_tag:
         if not os.path.exists(pretrained):
@@ -79,7 +87,6 @@ def create_clip_model(cfg):
                 f"MODEL.CLIP.PRETRAINED {pretrained!r} is neither an existing file nor an "
                 f"open_clip tag of {arch} (its tags: {tags}); name a weight file, a tag, a "
                 f"pretraining config (.yml), or leave it empty for random weights.")
-        from ..engine.checkpoint import check_weight_file
         check_weight_file("MODEL.CLIP.PRETRAINED", pretrained, "a weight file",
                           "name the weight file in it (.pt, .pth, .bin or .safetensors)")
     image_size = clip_image_size(cfg)
@@ -146,7 +153,6 @@ def create_clip_model(cfg):
 
 def _unreadable_weights(path):
     """Why open_clip's reader cannot read `path` as a state dict of tensors; None when it can."""
-    from open_clip.factory import load_state_dict
     try:
         state = load_state_dict(path, device="cpu")
     except Exception as err:  # torch.load, pickle, zip and safetensors errors alike

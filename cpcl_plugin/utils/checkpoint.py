@@ -5,28 +5,31 @@
 - `AtomicCheckpointer`: FastReID's Checkpointer on top of it;
 - `check_weight_file`: a weight path (MODEL.WEIGHTS, MODEL.CLIP.PRETRAINED) that is absent, a
   folder or empty, refused in one sentence;
-- `load_model_weights` / `load_trained_model`: MODEL.WEIGHTS into the model the config builds,
-  refused in one sentence when it does not fit (or, for training with MODEL.WEIGHTS_PARTIAL, the
-  tensors that fit, every other one named in the log);
-- `parameter_digest`: a short hash of a model's state, to compare runs, ranks and indexes.
+- `load_model_weights`: MODEL.WEIGHTS into a model, refused in one sentence when it does not
+  fit (or, for training with MODEL.WEIGHTS_PARTIAL, the tensors that fit, every other one named
+  in the log);
+- `parameter_digest`: a short hash of a model's state, to compare runs, ranks and indexes;
+- `unwrap`: the model inside a DistributedDataParallel wrapper.
 """
 import hashlib
 import logging
 import os
 
 import torch
-from fastreid.modeling.meta_arch import build_model
 from fastreid.utils.checkpoint import Checkpointer
+from torch.nn.parallel import DistributedDataParallel
 
-from ..config import ConfigError, error_summary
-from ..modeling.pretrained import is_recipe, without_pretrained_weights
-from .pseudo_labels import unwrap
+from ..errors import ConfigError, error_summary
 
 __all__ = ["AtomicCheckpointer", "parameter_digest", "check_weight_file", "check_checkpoint_path",
-           "load_model_weights", "load_trained_model", "write_atomically",
-           "remove_interrupted_writes"]
+           "load_model_weights", "write_atomically", "remove_interrupted_writes", "unwrap"]
 
 logger = logging.getLogger(__name__)
+
+
+def unwrap(model):
+    """The model itself, whether or not DistributedDataParallel wraps it."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def write_atomically(path, write, suffix=".tmp"):
@@ -166,20 +169,6 @@ def load_model_weights(model, path, partial=False):
                    f"tensors from {path}; skipped {len(skipped)}:\n" + "\n".join(skipped))
     unwrap(model).load_state_dict(fitting, strict=False)
     return checkpoint
-
-
-def load_trained_model(cfg, needed_by):
-    """The config's model with the weights of MODEL.WEIGHTS, in eval mode, for the tools that
-    use a trained model (`needed_by` names the tool in the message when MODEL.WEIGHTS is empty)."""
-    if not cfg.MODEL.WEIGHTS:
-        raise ConfigError(f"{needed_by} needs a trained model: add MODEL.WEIGHTS "
-                          f"path/to/model_final.pth.")
-    if is_recipe(cfg.MODEL.CLIP.PRETRAINED):
-        # Every weight comes from MODEL.WEIGHTS: a pretraining config need not be trained first.
-        cfg = without_pretrained_weights(cfg)
-    model = build_model(cfg)
-    load_model_weights(model, cfg.MODEL.WEIGHTS)
-    return model.eval()
 
 
 def parameter_digest(model):

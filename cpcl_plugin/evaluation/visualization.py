@@ -18,8 +18,9 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from .data.datasets import DatasetError, load_image
-from .evaluation.t2i_evaluation import average_precision, positive_ranks
+from ..data.datasets import load_image
+from ..errors import DatasetError
+from .metrics import average_precision, positive_ranks
 
 __all__ = ["Tile", "draw_ranked_list", "draw_query", "wrap_text", "font", "label_font_size",
            "tile_lines", "new_picture_path", "write_picture_index", "THUMB_WIDTH",

@@ -1,0 +1,33 @@
+"""The errors a user has to act on. Each says what to fix in one sentence, and the tools print
+it alone (no traceback): `one_sentence = True` is what they, and FastReID's train loop (see
+compat/launching.py's log filter), look for."""
+
+__all__ = ["ConfigError", "DatasetError", "error_summary"]
+
+
+class ConfigError(ValueError):
+    """A config file, key or value the user has to fix; the message says which and how."""
+
+    one_sentence = True
+
+
+class DatasetError(ValueError):
+    """Missing or malformed dataset files; the message names the file and entry."""
+
+    one_sentence = True
+
+    def __str__(self):
+        # A DataLoader worker re-raises this error in the main process with the worker's
+        # traceback pasted into the message; the user needs only its last line, the sentence.
+        msg = super().__str__()
+        marker = f"{DatasetError.__module__}.{DatasetError.__qualname__}: "
+        if "Original Traceback" in msg and marker in msg:
+            return msg.rsplit(marker, 1)[1].strip()
+        return msg
+
+
+def error_summary(err, limit=160):
+    """"TypeName: first line of the message" of an exception from a library, to quote inside a
+    ConfigError's sentence."""
+    lines = str(err).splitlines()
+    return f"{type(err).__name__}: {lines[0][:limit]}" if lines else type(err).__name__

@@ -22,7 +22,7 @@ demo: install
 	$(PY) tools/train_net.py --config-file configs/CPCL/synthetic.yml
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --durations=15
 
 # Every benchmark but the diagnosis and scale runs, about 85 minutes on two cores; rewrites
 # docs/benchmarks.md and docs/img/.

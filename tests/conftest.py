@@ -1,3 +1,4 @@
+import collections
 import os
 import subprocess
 import sys
@@ -7,6 +8,12 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "tests", "configs", "tiny.yml")
+# The shipped flip and padding, plus random erasing (drawn from Python's `random`), and a loader
+# worker (seeded from torch's generator): every source of randomness a resumed run must repeat.
+AUGMENT = ["INPUT.REA.ENABLED", "True", "DATALOADER.NUM_WORKERS", "1"]
+# One thread per process: float sums depend on the thread count, and runs compared by their
+# digests must use the same one (torchrun gives each process one thread unless told otherwise).
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 sys.path.insert(0, REPO)
 # The feature distributions and benchmark modules that tests share with benchmarks/.
 sys.path.insert(1, os.path.join(REPO, "benchmarks"))
@@ -31,17 +38,55 @@ def tiny_cfg(data_root, tmp_path):
     return make
 
 
-def run_tool(script, *args, timeout=600):
-    """Run tools/<script> in a fresh process from the repository root; returns the
-    CompletedProcess (text output captured)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def run_tool(script, *args, timeout=600, env=None):
+    """Run tools/<script> in a fresh process from the repository root, with `env`'s variables
+    added to the environment; returns the CompletedProcess (text output captured)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, os.path.join(REPO, "tools", script), *args],
                           capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
 
 
-def run_train_net(*args, timeout=600):
+def run_train_net(*args, timeout=600, env=None):
     """Run tools/train_net.py in a fresh process; returns the CompletedProcess."""
-    return run_tool("train_net.py", *args, timeout=timeout)
+    return run_tool("train_net.py", *args, timeout=timeout, env=env)
+
+
+def run_cli_in_process(capfd, *args):
+    """The training command line run in this process, for mistakes it finds before any worker
+    starts (nothing is launched, no logging set up): a CompletedProcess of its exit status and
+    what it printed. Saves a process start (about 5 s of imports) per case."""
+    from cpcl_plugin.train import cli
+    capfd.readouterr()
+    status = cli(list(args))
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(list(args), status, out, err)
+
+
+TrainedRun = collections.namedtuple("TrainedRun", ["out", "log"])
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, data_root):
+    """A tiny model trained by tools/train_net.py for three epochs with augmentation, one
+    checkpoint an epoch: shared by the tests that only read what a run leaves (resume, eval-only,
+    the tools); none of them writes into its folder. `log`: what the run printed."""
+    out = tmp_path_factory.mktemp("trained")
+    proc = run_train_net("--config-file", TINY, "DATASETS.ROOT", data_root, "OUTPUT_DIR", str(out),
+                         "SOLVER.MAX_EPOCH", "3", *AUGMENT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return TrainedRun(out, proc.stdout + proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def two_process_run(tmp_path_factory, data_root):
+    """One epoch of FastReID's launcher's 2-process gloo run (--num-gpus 2), one thread each:
+    its output folder, shared by the tests that compare ranks and launchers."""
+    out = tmp_path_factory.mktemp("launcher")
+    proc = run_train_net("--config-file", TINY, "--num-gpus", "2", "--dist-url", "auto",
+                         "DATASETS.ROOT", data_root, "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "1",
+                         env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
 
 
 def market1501_reference(dist, q_pids, g_pids, q_cams, g_cams, ranks=(1, 5, 10)):

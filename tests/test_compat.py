@@ -185,7 +185,7 @@ def test_default_trainers_ddp_takes_a_cpu_model(tmp_path):
         assert ddp.module.weight.grad is not None
         assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
     finally:
-        dist.destroy_process_group()
+        compat.leave_process_group()
     assert compat.reid_projects._patch_ddp_device_ids() is False
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, TINY, run_tool, run_train_net
+from conftest import REPO, TINY, run_cli_in_process, run_tool, run_train_net
 from cpcl_plugin import load_config
 from cpcl_plugin.data import (CUHKPEDES, ICFGPEDES, CaptionsThenImages, DatasetError, RSTPReid,
                               TextImagePairs, build_dataset, load_image, parse_test_name)
@@ -368,10 +368,11 @@ def test_resume_keeps_the_best_metric(tmp_path, tiny_cfg):
     assert periodic[0].best_metric == 42.5
 
 
-def test_cuhk_config_without_the_dataset_says_where_and_how(tmp_path):
+def test_cuhk_config_without_the_dataset_says_where_and_how(tmp_path, capfd):
     # MODEL.DEVICE cpu: on a machine without a GPU that problem of the config is named first.
-    proc = run_train_net("--config-file", os.path.join(REPO, "configs", "CPCL", "cuhk.yml"),
-                         "DATASETS.ROOT", str(tmp_path), "MODEL.DEVICE", "cpu")
+    proc = run_cli_in_process(capfd, "--config-file",
+                              os.path.join(REPO, "configs", "CPCL", "cuhk.yml"),
+                              "DATASETS.ROOT", str(tmp_path), "MODEL.DEVICE", "cpu")
     assert proc.returncode == 2
     message = proc.stderr.strip()
     assert len(message.splitlines()) == 1 and "Traceback" not in message

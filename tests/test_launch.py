@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, TINY
+from conftest import ONE_THREAD, REPO, TINY
 from test_train_net import _digests
 
 from cpcl_plugin.engine.launch import (EnvironmentLaunch, LaunchError, detect_environment_launch,
@@ -17,9 +17,6 @@ from cpcl_plugin.train import cli
 
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
 ONE_EPOCH = ["SOLVER.MAX_EPOCH", "1"]
-# torchrun gives each process one thread unless told otherwise, and float sums depend on the
-# thread count: every run here gets the same one.
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TORCHRUN = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
             "GROUP_RANK": "0", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
 SLURM = {"SLURM_PROCID": "5", "SLURM_NTASKS": "6", "SLURM_LOCALID": "1", "SLURM_NODEID": "2",
@@ -145,8 +142,9 @@ def _free_port():
 
 
 def _run_processes(commands, out_dir, timeout=300):
-    """Run [(argv, extra environment)] side by side from the repository root, their output in
-    files (a full pipe would stall a process); returns [(exit status, stdout, stderr)]."""
+    """Run [(argv, extra environment)] side by side from the repository root, one thread each
+    (as the shared launcher run), their output in files (a full pipe would stall a process);
+    returns [(exit status, stdout, stderr)]."""
     out_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     try:
@@ -176,14 +174,9 @@ def _slurm_step(args, out_dir):
 
 
 @pytest.fixture(scope="module")
-def launcher_digest(data_root, tmp_path_factory):
+def launcher_digest(two_process_run):
     """The final parameter digest of FastReID's launcher's 2-process run of one epoch."""
-    out = tmp_path_factory.mktemp("launcher")
-    [(status, _, stderr)] = _run_processes(
-        [([sys.executable, TRAIN_NET, "--config-file", TINY, "--num-gpus", "2", "--dist-url",
-           "auto", "DATASETS.ROOT", data_root, "OUTPUT_DIR", str(out), *ONE_EPOCH], {})],
-        out / "console")
-    assert status == 0, stderr[-3000:]
+    out = two_process_run
     log1 = (out / "log.txt.rank1").read_text()
     assert "Launched by FastReID's launcher: rank 1 of 2 (local rank 1 of 2), gloo, --dist-url " \
            "auto" in log1

@@ -1,15 +1,20 @@
 """The pseudo-label pass built to scale (issue 13): kNN shared across ranks, identical to one
 process; prototypes from per-rank shares of the rows combined by one all-reduce, identical on every
 rank; float16 features; the peak-memory measurement."""
+import glob
+import mmap
+
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from cpcl_plugin import compat
 from cpcl_plugin.clustering import cluster, knn
 from cpcl_plugin.engine.pseudo_labels import memory_contents, shared_neighbours
 from cpcl_plugin.modeling import PrototypeMemory
+from cpcl_plugin.utils import memory
 from cpcl_plugin.utils.memory import PeakMemory
 from feature_distributions import clustered_features  # benchmarks/, on the path by conftest
 
@@ -61,7 +66,20 @@ def _rank_worker(rank, folder):
             if rank == 0:
                 np.save(f"{folder}/{search}.npy", lists)
     finally:
-        dist.destroy_process_group()
+        compat.leave_process_group()  # FastReID's cached gloo group too
+    gloo_threads = [name for name in _thread_names() if "gloo" in name]
+    assert not gloo_threads, f"rank {rank}: gloo threads outlive the process group: {gloo_threads}"
+
+
+def _thread_names():
+    names = []
+    for comm_file in glob.glob("/proc/self/task/*/comm"):
+        try:
+            with open(comm_file) as f:
+                names.append(f.read().strip())
+        except OSError:  # a thread that ended meanwhile
+            pass
+    return names
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +123,34 @@ def test_prototypes_from_float16_features_match_float32():
     assert (half[2] != full[2]).nnz == 0
 
 
+def _touched_pages(size):
+    """`size` bytes of anonymous memory of their own, every page written: resident memory the
+    process did not hold before (a malloc'ed array may reuse pages freed earlier in a long-lived
+    process, whose resident memory then does not grow), returned to the system on close."""
+    block = mmap.mmap(-1, size)
+    np.frombuffer(block, dtype=np.uint8)[:] = 1
+    return block
+
+
 def test_peak_memory_is_that_of_the_measured_stretch():
     peak = PeakMemory()
     assert peak.since_start  # Linux: the resident peak can be restarted
-    block = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB, touched
+    start = peak.gigabytes()[0]  # the memory resident at the restart
+    block = _touched_pages(128 << 20)
     resident, cuda = peak.gigabytes()
-    del block
-    later = PeakMemory()  # restarted after the block is freed: it is not in this peak
-    assert resident > 0.06 and later.gigabytes()[0] < resident - 0.05
+    block.close()
+    later = PeakMemory()  # restarted after the block is unmapped: it is not in this peak
+    assert resident > start + 0.1 and later.gigabytes()[0] < resident - 0.1
     assert (cuda is None) == (not torch.cuda.is_available() or not torch.cuda.is_initialized())
+
+
+@pytest.mark.parametrize("clear_refs", ["missing/clear_refs", "clear_refs"])
+def test_peak_memory_says_when_it_is_the_lifetime_peak(tmp_path, monkeypatch, clear_refs):
+    """A clear_refs that cannot be written, or a write without effect (a plain file here):
+    the peak is not restarted, and `since_start` says so."""
+    monkeypatch.setattr(memory, "_CLEAR_REFS", str(tmp_path / clear_refs))
+    _touched_pages(64 << 20).close()  # the lifetime peak is now above the resident memory
+    peak = PeakMemory()
+    assert not peak.since_start
+    resident_now = memory._status_kb("VmRSS")[0] / (1 << 20)
+    assert peak.gigabytes()[0] > resident_now + 0.06  # the earlier peak, with the block

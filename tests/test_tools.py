@@ -11,19 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, TINY, run_tool, run_train_net
+from conftest import REPO, TINY, run_tool
 from cpcl_plugin import CPCLTrainer, load_config
 from cpcl_plugin.data import build_dataset
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_root):
-    """(config opts, checkpoint) of a tiny model trained for one epoch by tools/train_net.py."""
-    out = str(tmp_path_factory.mktemp("trained"))
-    opts = ["DATASETS.ROOT", data_root, "OUTPUT_DIR", out]
-    proc = run_train_net("--config-file", TINY, *opts, "SOLVER.MAX_EPOCH", "1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return opts, os.path.join(out, "model_final.pth")
+def trained(trained_run, tmp_path_factory, data_root):
+    """(config opts, checkpoint) of the tiny model trained by tools/train_net.py (the session's
+    shared run); the tools write into a folder of this module's."""
+    opts = ["DATASETS.ROOT", data_root, "OUTPUT_DIR", str(tmp_path_factory.mktemp("tools"))]
+    return opts, str(trained_run.out / "model_final.pth")
 
 
 def _tool(name):

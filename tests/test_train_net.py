@@ -5,11 +5,7 @@ import re
 
 import pytest
 
-from conftest import TINY, run_train_net
-
-# The shipped flip and padding, plus random erasing (drawn from Python's `random`), and a loader
-# worker (seeded from torch's generator): every source of randomness a resumed run must repeat.
-AUGMENT = ["INPUT.REA.ENABLED", "True", "DATALOADER.NUM_WORKERS", "1"]
+from conftest import AUGMENT, TINY, run_cli_in_process, run_train_net
 
 
 def _digests(log_text):
@@ -32,32 +28,34 @@ def _assert_one_sentence(proc, *needles):
 
 
 def test_wrong_config_key_is_named(data_root, tmp_path):
+    # In a process of its own, as a user types it: exit status 2 and one line, no traceback.
     proc = run_train_net("--config-file", TINY, "DATASETS.ROOT", data_root, "SOLVER.MAX_EPOHC", "3")
     _assert_one_sentence(proc, "SOLVER.MAX_EPOHC")
 
 
-def test_wrong_key_in_a_config_file_is_named(tmp_path):
+def test_wrong_key_in_a_config_file_is_named(tmp_path, capfd):
     bad = tmp_path / "bad.yml"
     bad.write_text(f"_BASE_: {TINY}\nMODEL:\n  CLIPP:\n    ARCH: RN50\n")
-    proc = run_train_net("--config-file", str(bad))
+    proc = run_cli_in_process(capfd, "--config-file", str(bad))
     _assert_one_sentence(proc, "MODEL.CLIPP", str(bad))
 
 
-def test_missing_config_file_is_named(tmp_path):
-    proc = run_train_net("--config-file", str(tmp_path / "nope.yml"))
+def test_missing_config_file_is_named(tmp_path, capfd):
+    proc = run_cli_in_process(capfd, "--config-file", str(tmp_path / "nope.yml"))
     _assert_one_sentence(proc, "nope.yml")
 
 
-def test_missing_dataset_root_is_named(tmp_path):
+def test_missing_dataset_root_is_named(tmp_path, capfd):
     root = tmp_path / "no-such-root"
-    proc = run_train_net("--config-file", TINY, "DATASETS.ROOT", str(root),
-                         "DATASETS.NAMES", '("CUHKPEDES",)', "DATASETS.TESTS", '("CUHKPEDES",)')
+    proc = run_cli_in_process(capfd, "--config-file", TINY, "DATASETS.ROOT", str(root),
+                              "DATASETS.NAMES", '("CUHKPEDES",)', "DATASETS.TESTS",
+                              '("CUHKPEDES",)')
     _assert_one_sentence(proc, str(root / "CUHK-PEDES"), "reid_raw.json")
 
 
-def test_warmup_longer_than_training_is_named(data_root, tmp_path):
-    proc = run_train_net("--config-file", TINY, "DATASETS.ROOT", data_root,
-                         "OUTPUT_DIR", str(tmp_path), "SOLVER.WARMUP_ITERS", "100")
+def test_warmup_longer_than_training_is_named(data_root, tmp_path, capfd):
+    proc = run_cli_in_process(capfd, "--config-file", TINY, "DATASETS.ROOT", data_root,
+                              "OUTPUT_DIR", str(tmp_path), "SOLVER.WARMUP_ITERS", "100")
     _assert_one_sentence(proc, "SOLVER.WARMUP_ITERS 100", "SOLVER.MAX_EPOCH 2")
 
 
@@ -66,21 +64,20 @@ def test_warmup_longer_than_training_is_named(data_root, tmp_path):
     ([], ["DATASETS.NAMES", '("Market1501",)'], "'Market1501' in DATASETS.NAMES/TESTS is a FastReID"),
     (["--num-gpus", "3"], ["SOLVER.IMS_PER_BATCH", "8"], "SOLVER.IMS_PER_BATCH 8 must be a multiple"),
 ])
-def test_bad_names_and_batch_splits_are_named(data_root, flags, keys, needle):
-    proc = run_train_net("--config-file", TINY, *flags, "DATASETS.ROOT", data_root, *keys)
+def test_bad_names_and_batch_splits_are_named(data_root, flags, keys, needle, capfd):
+    proc = run_cli_in_process(capfd, "--config-file", TINY, *flags, "DATASETS.ROOT", data_root,
+                              *keys)
     _assert_one_sentence(proc, needle)
 
 
-def test_eval_only_without_weights_says_so(data_root):
-    proc = run_train_net("--config-file", TINY, "--eval-only", "DATASETS.ROOT", data_root)
+def test_eval_only_without_weights_says_so(data_root, capfd):
+    proc = run_cli_in_process(capfd, "--config-file", TINY, "--eval-only", "DATASETS.ROOT",
+                              data_root)
     _assert_one_sentence(proc, "MODEL.WEIGHTS")
 
 
-def test_two_gloo_ranks_end_with_identical_parameters(data_root, tmp_path):
-    out = tmp_path / "ddp"
-    proc = run_train_net("--config-file", TINY, "--num-gpus", "2", "--dist-url", "auto",
-                         "DATASETS.ROOT", data_root, "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_two_gloo_ranks_end_with_identical_parameters(two_process_run, data_root, tmp_path):
+    out = two_process_run
     log0 = (out / "log.txt").read_text()
     log1 = (out / "log.txt.rank1").read_text()
     assert "World size: 2" in log0 and "World size: 2" in log1
@@ -93,28 +90,24 @@ def test_two_gloo_ranks_end_with_identical_parameters(data_root, tmp_path):
         assert m0 and m0 == m1, (pattern, m0, m1)
     # Evaluation split over two ranks and gathered equals one process evaluating the same model.
     single = run_train_net("--config-file", TINY, "--eval-only", "DATASETS.ROOT", data_root,
-                           "OUTPUT_DIR", str(out / "eval1"), "MODEL.WEIGHTS", str(out / "model_final.pth"))
+                           "OUTPUT_DIR", str(tmp_path / "eval1"), "MODEL.WEIGHTS",
+                           str(out / "model_final.pth"))
     assert single.returncode == 0, single.stderr[-3000:]
     assert _last_results_row(single.stdout) == _last_results_row(log0)
 
 
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory, data_root):
-    """Three epochs with augmentation, a checkpoint an epoch."""
-    out = tmp_path_factory.mktemp("full")
-    proc = run_train_net("--config-file", TINY, "DATASETS.ROOT", data_root, "OUTPUT_DIR", str(out),
-                         "SOLVER.MAX_EPOCH", "3", *AUGMENT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc.stdout + proc.stderr
+def _linked(run, folder, names):
+    """A folder of hard links to some of the shared run's files, for a run to write into."""
+    folder.mkdir()
+    for name in names:
+        os.link(run.out / name, folder / name)
+    return folder
 
 
-def test_resume_continues_from_the_last_checkpoint(full_run, data_root, tmp_path):
-    out, log = full_run
+def test_resume_continues_from_the_last_checkpoint(trained_run, data_root, tmp_path):
+    out, log = trained_run
     # Pretend the run died after epoch 1: its last checkpoint is model_0001.pth.
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    for name in ("model_0000.pth", "model_0001.pth"):
-        os.link(out / name, resumed / name)
+    resumed = _linked(trained_run, tmp_path / "resumed", ["model_0000.pth", "model_0001.pth"])
     (resumed / "last_checkpoint").write_text("model_0001.pth")
     proc = run_train_net("--config-file", TINY, "--resume", "DATASETS.ROOT", data_root,
                          "OUTPUT_DIR", str(resumed), "SOLVER.MAX_EPOCH", "3", *AUGMENT)
@@ -128,16 +121,17 @@ def test_resume_continues_from_the_last_checkpoint(full_run, data_root, tmp_path
     assert "Final parameter digest" not in proc.stdout  # DEBUG: log.txt only
 
 
-def test_resuming_a_finished_run_says_so(full_run, data_root):
-    out, _ = full_run
+def test_resuming_a_finished_run_says_so(trained_run, data_root, tmp_path):
+    out = _linked(trained_run, tmp_path / "finished", ["model_final.pth", "last_checkpoint"])
     proc = run_train_net("--config-file", TINY, "--resume", "DATASETS.ROOT", data_root,
                          "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "3", *AUGMENT)
     _assert_one_sentence(proc, "already finished epoch 3 of SOLVER.MAX_EPOCH 3")
 
 
-def test_eval_only_reproduces_the_final_evaluation(full_run, data_root):
-    out, log = full_run
+def test_eval_only_reproduces_the_final_evaluation(trained_run, data_root, tmp_path):
+    out, log = trained_run
     proc = run_train_net("--config-file", TINY, "--eval-only", "DATASETS.ROOT", data_root,
-                         "OUTPUT_DIR", str(out / "eval"), "MODEL.WEIGHTS", str(out / "model_final.pth"))
+                         "OUTPUT_DIR", str(tmp_path / "eval"), "MODEL.WEIGHTS",
+                         str(out / "model_final.pth"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _last_results_row(proc.stdout + proc.stderr) == _last_results_row(log)

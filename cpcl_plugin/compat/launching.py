@@ -59,6 +59,11 @@ def join_process_group(backend, init_method, world_size, rank, local_rank, machi
 
 def leave_process_group():
     """Destroy what `join_process_group` made (safe when nothing was joined)."""
+    # FastReID caches its gloo group (the default group itself under gloo) in an lru_cache:
+    # while it holds it, destroy_process_group leaves the group's gloo threads running into
+    # interpreter exit, where tearing them down can abort the process ("terminate called
+    # without an active exception").
+    comm._get_global_gloo_group.cache_clear()
     if dist.is_initialized():
         dist.destroy_process_group()
     comm._LOCAL_PROCESS_GROUP = None

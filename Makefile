@@ -21,8 +21,9 @@ $(STAMP): setup.py
 demo: install
 	$(PY) tools/train_net.py --config-file configs/CPCL/synthetic.yml
 
+# Two workers (the CI machine's two cores), a file's tests on one (tests/conftest.py: made_once).
 test: install
-	$(PY) -m pytest -q tests --durations=15
+	$(PY) -m pytest -q tests -n 2 --dist loadfile --durations=15
 
 # Every benchmark but the diagnosis and scale runs, about 85 minutes on two cores; rewrites
 # docs/benchmarks.md and docs/img/.

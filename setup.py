@@ -33,7 +33,7 @@ setup(
     ],
     extras_require={
         "gpu": ["faiss-gpu"],
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "filelock"],  # make test: two workers
         "bench": ["matplotlib"],  # plots of `make bench`
     },
 )

@@ -5,6 +5,13 @@ import sys
 
 import numpy as np
 import pytest
+from filelock import FileLock
+
+# One OpenMP thread per process, set before torch is imported and inherited by every process a
+# test starts: `make test` runs two workers on two cores, where more threads wait on each other
+# instead of helping, and runs compared by their parameter digests need one thread count (float
+# sums depend on it).
+os.environ["OMP_NUM_THREADS"] = "1"
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "tests", "configs", "tiny.yml")
@@ -62,6 +69,21 @@ def run_cli_in_process(capfd, *args):
     return subprocess.CompletedProcess(list(args), status, out, err)
 
 
+def made_once(tmp_path_factory, name, make):
+    """The folder `name` that `make(folder)` fills, run once per test session: `make test` runs
+    the files on two xdist workers (--dist loadfile), and the first worker to ask makes it while
+    the other waits, then both read it. Returns (folder, what make returned then, as text)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' common folder
+    folder, made = root / name, root / f"{name}.made"
+    with FileLock(str(root / f"{name}.lock")):
+        if not made.exists():
+            folder.mkdir(exist_ok=True)
+            made.write_text(make(folder))
+    return folder, made.read_text()
+
+
 TrainedRun = collections.namedtuple("TrainedRun", ["out", "log"])
 
 
@@ -70,23 +92,25 @@ def trained_run(tmp_path_factory, data_root):
     """A tiny model trained by tools/train_net.py for three epochs with augmentation, one
     checkpoint an epoch: shared by the tests that only read what a run leaves (resume, eval-only,
     the tools); none of them writes into its folder. `log`: what the run printed."""
-    out = tmp_path_factory.mktemp("trained")
-    proc = run_train_net("--config-file", TINY, "DATASETS.ROOT", data_root, "OUTPUT_DIR", str(out),
-                         "SOLVER.MAX_EPOCH", "3", *AUGMENT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return TrainedRun(out, proc.stdout + proc.stderr)
+    def train(out):
+        proc = run_train_net("--config-file", TINY, "DATASETS.ROOT", data_root, "OUTPUT_DIR",
+                             str(out), "SOLVER.MAX_EPOCH", "3", *AUGMENT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+    return TrainedRun(*made_once(tmp_path_factory, "trained", train))
 
 
 @pytest.fixture(scope="session")
 def two_process_run(tmp_path_factory, data_root):
     """One epoch of FastReID's launcher's 2-process gloo run (--num-gpus 2), one thread each:
     its output folder, shared by the tests that compare ranks and launchers."""
-    out = tmp_path_factory.mktemp("launcher")
-    proc = run_train_net("--config-file", TINY, "--num-gpus", "2", "--dist-url", "auto",
-                         "DATASETS.ROOT", data_root, "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "1",
-                         env=ONE_THREAD)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    def train(out):
+        proc = run_train_net("--config-file", TINY, "--num-gpus", "2", "--dist-url", "auto",
+                             "DATASETS.ROOT", data_root, "OUTPUT_DIR", str(out),
+                             "SOLVER.MAX_EPOCH", "1", env=ONE_THREAD)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return ""
+    return made_once(tmp_path_factory, "launcher", train)[0]
 
 
 def market1501_reference(dist, q_pids, g_pids, q_cams, g_cams, ranks=(1, 5, 10)):

@@ -7,6 +7,9 @@ import pytest
 
 from conftest import AUGMENT, TINY, run_cli_in_process, run_train_net
 
+from cpcl_plugin import ConfigError, CPCLTrainer, load_config
+from cpcl_plugin.modeling import load_trained_model
+
 
 def _digests(log_text):
     return dict(re.findall(r"Final parameter digest \(rank (\d+)\): (\w+)", log_text))
@@ -89,11 +92,11 @@ def test_two_gloo_ranks_end_with_identical_parameters(two_process_run, data_root
         m0, m1 = re.findall(pattern, log0), re.findall(pattern, log1)
         assert m0 and m0 == m1, (pattern, m0, m1)
     # Evaluation split over two ranks and gathered equals one process evaluating the same model.
-    single = run_train_net("--config-file", TINY, "--eval-only", "DATASETS.ROOT", data_root,
-                           "OUTPUT_DIR", str(tmp_path / "eval1"), "MODEL.WEIGHTS",
-                           str(out / "model_final.pth"))
-    assert single.returncode == 0, single.stderr[-3000:]
-    assert _last_results_row(single.stdout) == _last_results_row(log0)
+    cfg = load_config(TINY, ["DATASETS.ROOT", data_root, "OUTPUT_DIR", str(tmp_path / "eval1"),
+                             "MODEL.WEIGHTS", str(out / "model_final.pth")])
+    single = CPCLTrainer.test(cfg, load_trained_model(cfg, "this test"))
+    keys = ("Rank-1", "Rank-5", "Rank-10", "mAP", "mINP", "metric")  # FastReID's table's columns
+    assert [round(single[k], 2) for k in keys] == _last_results_row(log0)
 
 
 def _linked(run, folder, names):
@@ -123,9 +126,10 @@ def test_resume_continues_from_the_last_checkpoint(trained_run, data_root, tmp_p
 
 def test_resuming_a_finished_run_says_so(trained_run, data_root, tmp_path):
     out = _linked(trained_run, tmp_path / "finished", ["model_final.pth", "last_checkpoint"])
-    proc = run_train_net("--config-file", TINY, "--resume", "DATASETS.ROOT", data_root,
-                         "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "3", *AUGMENT)
-    _assert_one_sentence(proc, "already finished epoch 3 of SOLVER.MAX_EPOCH 3")
+    cfg = load_config(TINY, ["DATASETS.ROOT", data_root, "OUTPUT_DIR", str(out),
+                             "SOLVER.MAX_EPOCH", "3", *AUGMENT])
+    with pytest.raises(ConfigError, match="already finished epoch 3 of SOLVER.MAX_EPOCH 3"):
+        CPCLTrainer(cfg).resume_or_load(resume=True)
 
 
 def test_eval_only_reproduces_the_final_evaluation(trained_run, data_root, tmp_path):

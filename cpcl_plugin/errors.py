@@ -1,6 +1,6 @@
 """The errors a user has to act on. Each says what to fix in one sentence, and the tools print
 it alone (no traceback): `one_sentence = True` is what they, and FastReID's train loop (see
-compat/launching.py's log filter), look for."""
+compat/loop.py's log filter), look for."""
 
 __all__ = ["ConfigError", "DatasetError", "error_summary"]
 

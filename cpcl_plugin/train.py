@@ -33,7 +33,9 @@ from .utils.checkpoint import check_checkpoint_path, load_model_weights
 __all__ = ["cli", "main", "preflight", "parse_args", "argument_parser", "results_table",
            "pseudo_label_table"]
 
-logger = logging.getLogger(__name__)
+# Named, not __name__: run as `python -m cpcl_plugin.train`, __name__ is "__main__", outside
+# the cpcl_plugin logger that setup_logger gives a console and log.txt.
+logger = logging.getLogger("cpcl_plugin.train")
 
 
 def setup(args):

@@ -3,23 +3,23 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-from filelock import FileLock
-
-# One OpenMP thread per process, set before torch is imported and inherited by every process a
-# test starts: `make test` runs two workers on two cores, where more threads wait on each other
-# instead of helping, and runs compared by their parameter digests need one thread count (float
-# sums depend on it).
+# One OpenMP thread per process, set before numpy and torch are imported and inherited by every
+# process a test starts: `make test` runs two workers on two cores, where more threads wait on
+# each other instead of helping, and runs compared by their parameter digests need one thread
+# count (float sums depend on it).
 os.environ["OMP_NUM_THREADS"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from filelock import FileLock  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "tests", "configs", "tiny.yml")
 # The shipped flip and padding, plus random erasing (drawn from Python's `random`), and a loader
 # worker (seeded from torch's generator): every source of randomness a resumed run must repeat.
 AUGMENT = ["INPUT.REA.ENABLED", "True", "DATALOADER.NUM_WORKERS", "1"]
-# One thread per process: float sums depend on the thread count, and runs compared by their
-# digests must use the same one (torchrun gives each process one thread unless told otherwise).
+# One thread per process, said explicitly for the runs compared by their digests (torchrun gives
+# each process one thread unless told otherwise); the suite sets OMP_NUM_THREADS=1 anyway.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 sys.path.insert(0, REPO)
 # The feature distributions and benchmark modules that tests share with benchmarks/.
@@ -72,7 +72,9 @@ def run_cli_in_process(capfd, *args):
 def made_once(tmp_path_factory, name, make):
     """The folder `name` that `make(folder)` fills, run once per test session: `make test` runs
     the files on two xdist workers (--dist loadfile), and the first worker to ask makes it while
-    the other waits, then both read it. Returns (folder, what make returned then, as text)."""
+    the other waits, then both read it. Returns (folder, what make returned then, as text).
+    Each worker has a data_root of its own: the synthetic data are the same bytes in each (the
+    generator is seeded), so a run made with one worker's root serves the other's tests."""
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # the workers' common folder

@@ -29,6 +29,8 @@ def test_a_pretraining_config_is_trained_once_and_loaded_as_clip_weights(tiny_cf
     model = CPCLTrainer.build_model(cfg)  # makes them on first use
     assert os.path.isfile(path) and os.path.isfile(path[:-4] + ".log.txt")
     assert not _leftovers(os.path.dirname(path))
+    # The run's log, beside the weights, ends with its results (cpcl_plugin.train's own lines).
+    assert "Text-to-image results:" in open(path[:-4] + ".log.txt").read()
     state = torch.load(path, map_location="cpu", weights_only=True)  # an open_clip state dict
     assert {"visual.conv1.weight", "token_embedding.weight", "text_projection",
             "logit_scale"} <= set(state)
@@ -118,14 +120,13 @@ def test_missing_pretraining_config_is_named(tiny_cfg):
         CPCLTrainer.build_model(tiny_cfg("MODEL.CLIP.PRETRAINED", "nowhere.yml"))
 
 
-def test_tools_with_trained_weights_do_not_pretrain(tiny_cfg, tmp_path, monkeypatch):
+def test_tools_with_trained_weights_do_not_pretrain(tiny_cfg, tmp_path):
     checkpoint = tmp_path / "model.pth"
     torch.save({"model": CPCLTrainer.build_model(tiny_cfg()).state_dict()}, checkpoint)
-
-    def must_not_run(cfg):
-        raise AssertionError("pretraining started")
-    monkeypatch.setattr(pretraining, "ensure_pretrained_weights", must_not_run)
-    monkeypatch.setattr("cpcl_plugin.engine.trainer.ensure_pretrained_weights", must_not_run)
-    model = load_trained_model(tiny_cfg("MODEL.CLIP.PRETRAINED", TINY_PRETRAIN,
-                                        "MODEL.WEIGHTS", str(checkpoint)), "a test")
+    recipe = tmp_path / "never-made.yml"  # a recipe of its own: no other test makes its weights
+    recipe.write_text(f"_BASE_: {TINY_PRETRAIN}\nSOLVER:\n  BASE_LR: 0.003\n")
+    cfg = tiny_cfg("MODEL.CLIP.PRETRAINED", str(recipe), "MODEL.WEIGHTS", str(checkpoint))
+    model = load_trained_model(cfg, "a test")
     assert not model.training
+    path = pretrained_weights_path(cfg)
+    assert not os.path.exists(path) and not _leftovers(os.path.dirname(path))

@@ -2,12 +2,14 @@
 eval-only."""
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
-from conftest import AUGMENT, TINY, run_cli_in_process, run_train_net
+from conftest import AUGMENT, REPO, TINY, run_cli_in_process, run_train_net
 
-from cpcl_plugin import ConfigError, CPCLTrainer, load_config
+from cpcl_plugin import CPCLTrainer, load_config
 from cpcl_plugin.modeling import load_trained_model
 
 
@@ -126,16 +128,18 @@ def test_resume_continues_from_the_last_checkpoint(trained_run, data_root, tmp_p
 
 def test_resuming_a_finished_run_says_so(trained_run, data_root, tmp_path):
     out = _linked(trained_run, tmp_path / "finished", ["model_final.pth", "last_checkpoint"])
-    cfg = load_config(TINY, ["DATASETS.ROOT", data_root, "OUTPUT_DIR", str(out),
-                             "SOLVER.MAX_EPOCH", "3", *AUGMENT])
-    with pytest.raises(ConfigError, match="already finished epoch 3 of SOLVER.MAX_EPOCH 3"):
-        CPCLTrainer(cfg).resume_or_load(resume=True)
+    proc = run_train_net("--config-file", TINY, "--resume", "DATASETS.ROOT", data_root,
+                         "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "3", *AUGMENT)
+    _assert_one_sentence(proc, "already finished epoch 3 of SOLVER.MAX_EPOCH 3")
 
 
 def test_eval_only_reproduces_the_final_evaluation(trained_run, data_root, tmp_path):
     out, log = trained_run
-    proc = run_train_net("--config-file", TINY, "--eval-only", "DATASETS.ROOT", data_root,
-                         "OUTPUT_DIR", str(tmp_path / "eval"), "MODEL.WEIGHTS",
-                         str(out / "model_final.pth"))
+    # As `python -m cpcl_plugin.train` (what tools/train_net.py runs), with its own log lines.
+    proc = subprocess.run([sys.executable, "-m", "cpcl_plugin.train", "--config-file", TINY,
+                           "--eval-only", "DATASETS.ROOT", data_root, "OUTPUT_DIR",
+                           str(tmp_path / "eval"), "MODEL.WEIGHTS", str(out / "model_final.pth")],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _last_results_row(proc.stdout + proc.stderr) == _last_results_row(log)
+    assert "Text-to-image results of" in (tmp_path / "eval" / "log.txt").read_text()

@@ -3,7 +3,7 @@ started (cpcl_plugin/engine/launch.py decides which launch a process is part of)
 
 - launch_gloo: `fastreid.engine.launch._distributed_worker` asserts CUDA, hard-codes NCCL and
   calls `torch.cuda.set_device`. The replacement uses gloo and no CUDA call when CUDA is absent or
-  `CPCL_DEVICE=cpu` is in the environment (cpcl_plugin/train.py sets it from MODEL.DEVICE before
+  `CPCL_DEVICE=cpu` is in the environment (engine/launch.py sets it from MODEL.DEVICE before
   launching), and behaves as before otherwise.
 - `join_process_group` / `leave_process_group`: torch's default process group plus FastReID's
   per-machine group (`comm._LOCAL_PROCESS_GROUP`, behind `comm.get_local_rank`), shared by that

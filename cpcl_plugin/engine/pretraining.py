@@ -1,9 +1,9 @@
 """Making the weights a pretraining config stands for (modeling/pretrained.py says where they are
-cached): an ordinary training run of the recipe, ``python -m cpcl_plugin.train --config-file
-<recipe>`` in a child process, exported as an open_clip state dict. Like the synthetic dataset,
+cached): an ordinary training run of the recipe (cpcl_plugin.train's command line, --config-file
+<recipe>) in a child process, exported as an open_clip state dict. Like the synthetic dataset,
 they are made once, written atomically (a temporary folder, then a rename), and reused; open_clip
-then loads the file as it loads a downloaded CLIP checkpoint. The trainer and the tools call
-`ensure_pretrained_weights` before a model is built.
+then loads the file as it loads a downloaded CLIP checkpoint. `CPCLTrainer.build_model` and the
+command line's preflight call `ensure_pretrained_weights` before a model is built.
 
     path = ensure_pretrained_weights(cfg)   # made on first use; None for tags and plain files
 """
@@ -28,8 +28,14 @@ __all__ = ["ensure_pretrained_weights", "export_open_clip_weights", "open_clip_s
 
 logger = logging.getLogger(__name__)
 
-# The folder holding the cpcl_plugin package: the child run imports this same copy of it.
+# The child's program: cpcl_plugin.train's command line, from this same copy of the package. Its
+# folder replaces the current directory that `python -c` puts first on the path (another
+# checkout's cpcl_plugin there would win); where the folder is on the path already (an installed
+# package in site-packages), the current directory is only dropped.
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_CHILD_MAIN = (f"import sys; p = {_PACKAGE_PARENT!r}; "
+               f"sys.path[0:1] = [] if p in sys.path else [p]; "
+               f"from cpcl_plugin.train import cli; sys.exit(cli())")
 
 
 def open_clip_state_dict(model):
@@ -56,12 +62,6 @@ def export_open_clip_weights(cfg, checkpoint, path):
     return path
 
 
-def _child_environment():
-    """This environment, with the cpcl_plugin package that runs here first on the child's path."""
-    paths = [_PACKAGE_PARENT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
-
-
 def ensure_pretrained_weights(cfg):
     """The local weight file that MODEL.CLIP.PRETRAINED stands for when it names a recipe, made
     on first use (a training run in a child process, about as long as the recipe's own run);
@@ -76,13 +76,12 @@ def ensure_pretrained_weights(cfg):
     root = dataset_root(cfg)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     work = tempfile.mkdtemp(prefix=".pretraining-", dir=os.path.dirname(path))
-    logger.info(f"MODEL.CLIP.PRETRAINED {recipe}: pretraining once (python -m cpcl_plugin.train "
+    logger.info(f"MODEL.CLIP.PRETRAINED {recipe}: pretraining once (python tools/train_net.py "
                 f"--config-file {recipe}); the weights are cached in {path}")
     try:
         # Its log goes to stderr: the caller's stdout may be a result (a benchmark's tables).
-        proc = subprocess.run([sys.executable, "-m", "cpcl_plugin.train", "--config-file", recipe,
-                               "DATASETS.ROOT", root, "OUTPUT_DIR", work],
-                              stdout=sys.stderr, env=_child_environment())
+        proc = subprocess.run([sys.executable, "-c", _CHILD_MAIN, "--config-file", recipe,
+                               "DATASETS.ROOT", root, "OUTPUT_DIR", work], stdout=sys.stderr)
         final = os.path.join(work, "model_final.pth")
         if proc.returncode or not os.path.isfile(final):
             raise ConfigError(f"MODEL.CLIP.PRETRAINED {recipe}: its pretraining run failed "

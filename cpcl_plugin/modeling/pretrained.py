@@ -1,8 +1,8 @@
 """Where the CLIP weights of MODEL.CLIP.PRETRAINED come from, as open_clip's pretrained.py says
 where a tag's weights live: an open_clip tag, a local weight file, or a pretraining config (a
 "recipe", e.g. configs/CPCL/synthetic-web.yml). A recipe stands for the weights that training it
-produces, cached under a hash of what produces them; cpcl_plugin/engine/pretraining.py makes them,
-and the trainer and the tools call it before a model is built.
+produces, cached under a hash of what produces them; cpcl_plugin/engine/pretraining.py makes them
+before a model is built (CPCLTrainer.build_model, the command line's preflight).
 
     path = pretrained_weights_path(cfg)   # <dataset root>/pretrained/<arch>-<recipe>-<hash>.pth
 """

@@ -18,14 +18,12 @@ TINY = os.path.join(REPO, "tests", "configs", "tiny.yml")
 # The shipped flip and padding, plus random erasing (drawn from Python's `random`), and a loader
 # worker (seeded from torch's generator): every source of randomness a resumed run must repeat.
 AUGMENT = ["INPUT.REA.ENABLED", "True", "DATALOADER.NUM_WORKERS", "1"]
-# One thread per process, said explicitly for the runs compared by their digests (torchrun gives
-# each process one thread unless told otherwise); the suite sets OMP_NUM_THREADS=1 anyway.
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 sys.path.insert(0, REPO)
 # The feature distributions and benchmark modules that tests share with benchmarks/.
 sys.path.insert(1, os.path.join(REPO, "benchmarks"))
 
 import cpcl_plugin  # noqa: E402,F401  (applies the FastReID compat patches first)
+from cpcl_plugin.train import cli  # noqa: E402
 
 
 # Files in the order `make test`'s two workers take them up (--dist loadfile): the longest first,
@@ -60,24 +58,27 @@ def tiny_cfg(data_root, tmp_path):
     return make
 
 
-def run_tool(script, *args, timeout=600, env=None):
-    """Run tools/<script> in a fresh process from the repository root, with `env`'s variables
-    added to the environment; returns the CompletedProcess (text output captured)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, os.path.join(REPO, "tools", script), *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+def run_python(*argv, timeout=600):
+    """Run `python *argv` in a fresh process from the repository root; returns the
+    CompletedProcess (text output captured)."""
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def run_train_net(*args, timeout=600, env=None):
+def run_tool(script, *args, timeout=600):
+    """Run tools/<script> in a fresh process; returns the CompletedProcess."""
+    return run_python(os.path.join(REPO, "tools", script), *args, timeout=timeout)
+
+
+def run_train_net(*args, timeout=600):
     """Run tools/train_net.py in a fresh process; returns the CompletedProcess."""
-    return run_tool("train_net.py", *args, timeout=timeout, env=env)
+    return run_tool("train_net.py", *args, timeout=timeout)
 
 
 def run_cli_in_process(capfd, *args):
     """The training command line run in this process, for mistakes it finds before any worker
     starts (nothing is launched, no logging set up): a CompletedProcess of its exit status and
     what it printed. Saves a process start (about 5 s of imports) per case."""
-    from cpcl_plugin.train import cli
     capfd.readouterr()
     status = cli(list(args))
     out, err = capfd.readouterr()
@@ -119,12 +120,13 @@ def trained_run(tmp_path_factory, data_root):
 
 @pytest.fixture(scope="session")
 def two_process_run(tmp_path_factory, data_root):
-    """One epoch of FastReID's launcher's 2-process gloo run (--num-gpus 2), one thread each:
-    its output folder, shared by the tests that compare ranks and launchers."""
+    """One epoch of FastReID's launcher's 2-process gloo run (--num-gpus 2), one thread each (as
+    every process of the suite): its output folder, shared by the tests that compare ranks and
+    launchers."""
     def train(out):
         proc = run_train_net("--config-file", TINY, "--num-gpus", "2", "--dist-url", "auto",
                              "DATASETS.ROOT", data_root, "OUTPUT_DIR", str(out),
-                             "SOLVER.MAX_EPOCH", "1", env=ONE_THREAD)
+                             "SOLVER.MAX_EPOCH", "1")
         assert proc.returncode == 0, proc.stderr[-3000:]
         return ""
     return made_once(tmp_path_factory, "launcher", train)[0]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ONE_THREAD, REPO, TINY
+from conftest import REPO, TINY
 from test_train_net import _digests
 
 from cpcl_plugin.engine.launch import (EnvironmentLaunch, LaunchError, detect_environment_launch,
@@ -143,15 +143,15 @@ def _free_port():
 
 def _run_processes(commands, out_dir, timeout=300):
     """Run [(argv, extra environment)] side by side from the repository root, one thread each
-    (as the shared launcher run), their output in files (a full pipe would stall a process);
-    returns [(exit status, stdout, stderr)]."""
+    (as every process of the suite: conftest), their output in files (a full pipe would stall a
+    process); returns [(exit status, stdout, stderr)]."""
     out_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     try:
         for i, (argv, extra_env) in enumerate(commands):
             with open(out_dir / f"{i}.out", "w") as out, open(out_dir / f"{i}.err", "w") as err:
-                procs.append(subprocess.Popen(argv, stdout=out, stderr=err, cwd=REPO,
-                                              env=dict(os.environ, **ONE_THREAD, **extra_env)))
+                env = dict(os.environ, PYTHONUNBUFFERED="1", **extra_env)
+                procs.append(subprocess.Popen(argv, stdout=out, stderr=err, cwd=REPO, env=env))
         statuses = [proc.wait(timeout=timeout) for proc in procs]
     finally:
         for proc in procs:

@@ -2,12 +2,10 @@
 eval-only."""
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-from conftest import AUGMENT, REPO, TINY, run_cli_in_process, run_train_net
+from conftest import AUGMENT, TINY, run_cli_in_process, run_python, run_train_net
 
 from cpcl_plugin import CPCLTrainer, load_config
 from cpcl_plugin.modeling import load_trained_model
@@ -136,10 +134,9 @@ def test_resuming_a_finished_run_says_so(trained_run, data_root, tmp_path):
 def test_eval_only_reproduces_the_final_evaluation(trained_run, data_root, tmp_path):
     out, log = trained_run
     # As `python -m cpcl_plugin.train` (what tools/train_net.py runs), with its own log lines.
-    proc = subprocess.run([sys.executable, "-m", "cpcl_plugin.train", "--config-file", TINY,
-                           "--eval-only", "DATASETS.ROOT", data_root, "OUTPUT_DIR",
-                           str(tmp_path / "eval"), "MODEL.WEIGHTS", str(out / "model_final.pth")],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = run_python("-m", "cpcl_plugin.train", "--config-file", TINY, "--eval-only",
+                      "DATASETS.ROOT", data_root, "OUTPUT_DIR", str(tmp_path / "eval"),
+                      "MODEL.WEIGHTS", str(out / "model_final.pth"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _last_results_row(proc.stdout + proc.stderr) == _last_results_row(log)
     assert "Text-to-image results of" in (tmp_path / "eval" / "log.txt").read_text()

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from cpcl_plugin import CPCLTrainer, ConfigError
+from cpcl_plugin.data import build_tokenizer
 from cpcl_plugin.modeling import create_clip_model, itc_loss
 
 
@@ -256,3 +257,23 @@ def test_model_weights_load_strictly_unless_partial_is_asked(tiny_cfg, tmp_path,
     for name, tensor in model.state_dict().items():
         expected = initial[name] if name in (pos, dropped) else state[name]
         assert torch.equal(tensor, expected), name
+
+
+def test_text_padding_after_the_last_caption_is_not_computed_and_changes_nothing(tiny_cfg):
+    """The text encoder stops at the batch's last end-of-text token: the same embeddings as the
+    whole context (causal attention), on captions of any length, "!" (token 0) included."""
+    cfg = tiny_cfg()
+    encoder = CPCLTrainer.build_model(cfg).eval().text_encoder
+    tokens = build_tokenizer(cfg).batch(
+        ["a man!", "A woman in a red coat carrying a black backpack, walking fast!!", "x"])
+    assert encoder.trims_padding and int(tokens.argmax(dim=1).max()) + 1 < tokens.shape[1]
+    seen = []
+    handle = encoder.clip.transformer.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].shape[1]))
+    with torch.no_grad():
+        trimmed = encoder(tokens)
+        encoder.trims_padding = False
+        whole = encoder(tokens)
+    handle.remove()
+    assert seen == [int(tokens.argmax(dim=1).max()) + 1, tokens.shape[1]]
+    torch.testing.assert_close(trimmed, whole, atol=1e-5, rtol=1e-5)

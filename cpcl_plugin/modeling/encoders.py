@@ -19,6 +19,7 @@ from fastreid.layers import pooling
 from fastreid.modeling.backbones import BACKBONE_REGISTRY
 from fastreid.utils.registry import Registry
 from open_clip.factory import load_state_dict
+from open_clip.transformer import text_global_pool
 from torch import nn
 
 from ..compat import registry_names
@@ -189,8 +190,29 @@ class OpenCLIPTextEncoder(nn.Module):
                               if isinstance(clip_model.text_projection, nn.Parameter)
                               else clip_model.text_projection.out_features)
 
+        # Causal attention pooled at the end-of-text token: positions after the batch's last
+        # pooled token cannot change any caption's embedding, so they are not computed (captions
+        # are far shorter than the context). Other text towers run unchanged.
+        clip = clip_model
+        self.trims_padding = (isinstance(clip, open_clip.CLIP) and clip.attn_mask is not None
+                              and getattr(clip, "text_pool_type", None) in ("argmax", "eos"))
+
     def forward(self, tokens):
-        return self.clip.encode_text(tokens)
+        if not self.trims_padding or not tokens.numel():
+            return self.clip.encode_text(tokens)
+        clip = self.clip
+        pooled_at = (tokens.argmax(dim=1) if clip.text_pool_type == "argmax"
+                     else (tokens == clip.text_eos_id).int().argmax(dim=1))
+        tokens = tokens[:, :int(pooled_at.max()) + 1]
+        cast_dtype = clip.transformer.get_cast_dtype()
+        x = clip.token_embedding(tokens).to(cast_dtype)
+        x = x + clip.positional_embedding[:tokens.shape[1]].to(cast_dtype)
+        x = clip.transformer(x, attn_mask=clip.attn_mask[:tokens.shape[1], :tokens.shape[1]])
+        x = text_global_pool(clip.ln_final(x), tokens, clip.text_pool_type,
+                             eos_token_id=getattr(clip, "text_eos_id", None))
+        if isinstance(clip.text_projection, nn.Linear):
+            return clip.text_projection(x)
+        return x if clip.text_projection is None else x @ clip.text_projection
 
 
 @BACKBONE_REGISTRY.register()

@@ -30,8 +30,10 @@ training never clusters, this script clusters its features before every epoch wi
 settings, as a reference for what the features alone would give (also monitoring).
 
 Prints Markdown tables; --plot writes the bar plot, --ari-plot the pseudo-label ARI per epoch,
---json the quick-mode summary {row: {"R1", "mAP", "ari_first", "ari_last"}} (means over seeds;
-image-label ARI; null for rows without clustering).
+--json the quick-mode summary {row: {"R1", "mAP", "ari_first", "ari_last", "ari_first_text",
+"ari_last_text"}, "ceiling_R1": ..., "zero_shot": {"R1", "mAP"}} (means over seeds; ARI of the
+image and of the caption labels, null for rows without clustering; the caption ceiling of the
+target, null for the plain world; the pretrained model's scores).
 """
 import argparse
 import json
@@ -62,6 +64,11 @@ ROWS = {
                ["MODEL.CPCL.SDM_WEIGHT", "1.0", "MODEL.CPCL.INTRA_WEIGHT", "0.0",
                 "MODEL.CPCL.CROSS_WEIGHT", "0.0"]),
 }
+# Rows that check the world (docs/benchmarks.md, validity criterion d), not the method.
+CHECKS = {
+    "itc_id": ("ITC + ID loss on true identities",
+               ["MODEL.CPCL.INTRA_WEIGHT", "0.0", "MODEL.CPCL.CROSS_WEIGHT", "0.0"]),
+}
 # Diagnosis (--rows ... or `make bench-diagnosis`): one suspect changed at a time.
 DIAGNOSIS = {
     "true_cpcl_no_t2t": ("full CPCL losses on true identities, without text-to-text",
@@ -77,7 +84,8 @@ DIAGNOSIS = {
 }
 MAIN_ROWS = list(ROWS)
 ROWS.update(DIAGNOSIS)
-TRUE_LABEL_ROWS = ("true_cpcl", "oracle", "true_cpcl_no_t2t")
+ROWS.update(CHECKS)
+TRUE_LABEL_ROWS = ("true_cpcl", "oracle", "true_cpcl_no_t2t", "itc_id")
 # What a row is, short enough for a plot's axis (the tables use ROWS' longer descriptions).
 PLOT_LABELS = {
     "zeroshot": "zero-shot", "itc": "ITC only\n(baseline)", "pmm": "+ PMM", "hcm": "+ HCM",
@@ -87,6 +95,7 @@ PLOT_LABELS = {
     "full_no_t2t": "full CPCL,\nno text-to-text", "full_m09": "full CPCL,\nmomentum 0.9",
     "full_tau": "full CPCL,\ntemperature 0.1", "full_sdm": "full CPCL\n+ SDM",
     "full_k8": "full CPCL,\nK = 8", "full_late": "ITC 3 epochs,\nthen full CPCL",
+    "itc_id": "ITC + ID loss\non true ids",
 }
 
 
@@ -96,6 +105,9 @@ def plot_label(row, one_line=False):
     label = PLOT_LABELS.get(row, ROWS[row][0])
     return " ".join(label.split()) if one_line else label
 METRICS = ("Rank-1", "Rank-5", "Rank-10", "mAP", "mINP")
+# The zero-shot row evaluates without training: one run (its seed changes nothing) serves every
+# summary.
+ZERO_SHOT_SEED = 0
 
 
 def true_identity_clustering(hook):
@@ -111,6 +123,39 @@ def true_identity_clustering(hook):
                  "text_recovered": 0}
         return image_labels, text_labels, stats
     hook._cluster = true_identities
+
+
+def id_loss_trainer():
+    """CPCLTrainer whose model also learns IRRA's identity classification loss: a linear
+    classifier over the true identities, shared by image and caption features, cross-entropy
+    averaged over both (the itc_id row only: it READS IDENTITY LABELS, through
+    true_identity_clustering). The classifier is a new head, so it trains at the heads' rate."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from cpcl_plugin import CPCLTrainer
+
+    class IDLossTrainer(CPCLTrainer):
+        @classmethod
+        def build_model(cls, cfg):
+            model = super().build_model(cfg)
+            classifier = nn.Linear(model.text_encoder.output_dim, cfg.DATASETS.SYNTHETIC.NUM_TRAIN_IDS,
+                                   bias=False).to(model.device)
+            model.heads["id_classifier"] = classifier
+            scale = 1.0 / cfg.MODEL.CPCL.PROTO_TEMPERATURE  # features are unit vectors
+            instance_losses = model.instance_losses
+
+            def with_id_loss(image_features, text_features, image_ids, image_labels=None):
+                losses = instance_losses(image_features, text_features, image_ids, image_labels)
+                if image_labels is not None:
+                    losses["loss_id"] = (F.cross_entropy(scale * classifier(image_features),
+                                                         image_labels)
+                                         + F.cross_entropy(scale * classifier(text_features),
+                                                           image_labels)) / 2
+                return losses
+            model.instance_losses = with_id_loss
+            return model
+    return IDLossTrainer
 
 
 def feature_clustering_monitor(cfg, history):
@@ -166,7 +211,7 @@ def run_one(row, seed, data_root, output_dir, data_seed, extra_opts):
     if row == "zeroshot":
         results = CPCLTrainer.test(cfg, CPCLTrainer.build_model(cfg))
     else:
-        trainer = CPCLTrainer(cfg)
+        trainer = (id_loss_trainer() if row == "itc_id" else CPCLTrainer)(cfg)
         if row in TRUE_LABEL_ROWS:
             true_identity_clustering(trainer.pseudo_label_hook)
         if row == "itc":
@@ -202,15 +247,91 @@ def launch(row, seed, data_root, work, data_seed, extra_opts):
 
 def prepare(data_root, data_seeds, extra_opts):
     """Generate the target datasets and the pretrained weights once, before the parallel runs
-    (the pretraining uses both cores). Returns the first target's statistics table."""
+    (the pretraining uses both cores). Returns the first target's tables (splits, and captions and
+    views beside the real datasets') and, per data seed, the target's statistics
+    (data/statistics.py, with its caption ceiling: None without ground truth) and its chance R1."""
     from cpcl_plugin.data import build_dataset
+    from cpcl_plugin.data.statistics import dataset_statistics, statistics_table
     from cpcl_plugin.engine.pretraining import ensure_pretrained_weights
-    tables = []
+    targets = {}
     for data_seed in data_seeds:
         cfg = row_config("zeroshot", 0, data_root, "", data_seed, extra_opts)
-        tables.append(build_dataset(cfg, cfg.DATASETS.NAMES[0]).statistics_table())
+        data = build_dataset(cfg, cfg.DATASETS.NAMES[0])
+        stats = dataset_statistics(data)
+        stats["chance_R1"] = chance_r1(data.split("test"))
+        stats["preset"] = cfg.DATASETS.SYNTHETIC.PRESET
+        targets[data_seed] = data, stats
     ensure_pretrained_weights(cfg)
-    return tables[0]
+    data, stats = targets[data_seeds[0]]
+    tables = data.statistics_table() + "\n\n" + statistics_table(cfg.DATASETS.NAMES[0], stats)
+    return tables, {d: stats for d, (_, stats) in targets.items()}
+
+
+def chance_r1(test_records):
+    """R1 (%) of a ranking in random order: per caption, its person's share of the gallery."""
+    pids, counts = np.unique([r.pid for r in test_records], return_counts=True)
+    per_image = dict(zip(pids.tolist(), counts.tolist()))
+    shares = [per_image[r.pid] / len(test_records) for r in test_records for _ in r.captions]
+    return 100.0 * float(np.mean(shares))
+
+
+def validity(results, seeds, data_seed, stats, itc_history):
+    """Validity criteria (a)-(f) of docs/benchmarks.md, measured on one target data seed from the
+    rows zeroshot, itc, oracle and itc_id and the target's statistics: [(criterion, measured,
+    holds)]; rows missing from `results` leave their criteria out. Criteria are fixed before any
+    CPCL row is looked at: a world that fails one cannot answer whether CPCL helps."""
+    def r1(row):
+        runs = [results[(row, data_seed, s)]["Rank-1"] for s in seeds
+                if (row, data_seed, s) in results]
+        return runs if len(runs) == len(seeds) else None
+    zero, itc, sdm, ident = r1("zeroshot"), r1("itc"), r1("oracle"), r1("itc_id")
+    out = []
+    ceiling, chance = stats["caption_ceiling_R1"], stats["chance_R1"]
+    if zero and itc:
+        z, i = np.mean(zero), np.mean(itc)
+        out.append(("(a) zero-shot R1 >= 5x chance and <= half of ITC's",
+                    f"{z:.2f} R1 = {z / chance:.1f}x chance ({chance:.2f}), {z / i:.2f} of ITC's",
+                    z >= 5 * chance and z <= 0.5 * i))
+    if itc and ceiling:
+        i = np.mean(itc)
+        out.append(("(b) ITC R1 >= 50% of the caption ceiling",
+                    f"{i:.2f} of {ceiling:.2f} = {100 * i / ceiling:.0f}%", i >= 0.5 * ceiling))
+    if itc and sdm:
+        i, o = np.mean(itc), np.mean(sdm)
+        share = (o - i) / (100 - i)
+        pooled = _pooled_std(itc, sdm) if len(seeds) > 1 else float("nan")
+        out.append(("(c) SDM on true ids - ITC: 5-15% of ITC's remaining R1 error, and > 2 pooled "
+                    "seed stds", f"{o - i:+.2f} R1 = {100 * share:.1f}% of {100 - i:.2f}; pooled "
+                    f"std {pooled:.2f}", 0.05 <= share <= 0.15 and o - i > 2 * pooled))
+    if sdm and ident:
+        out.append(("(d) ITC + ID loss does not beat ITC + SDM",
+                    f"{np.mean(ident):.2f} against {np.mean(sdm):.2f} R1",
+                    np.mean(ident) <= np.mean(sdm)))
+    two = stats["preset"] not in ("cuhk", "rstp") or stats["captions_per_image"] == 2
+    out.append(("(e) captions: >= 20 words, 2 per image (cuhk), gender >= 95%, <= 5% of "
+                "same-person pairs share nothing, only visible items named",
+                f"{stats['words_per_caption']:.1f} words, {stats['captions_per_image']:.1f} per "
+                f"image, gender {100 * stats['gender_named']:.1f}%, "
+                f"{100 * stats['no_shared_attribute']:.1f}% share nothing, "
+                f"{100 * (stats['invisible_named'] or 0):.1f}% about unseen items",
+                stats["words_per_caption"] >= 20 and two and stats["gender_named"] >= 0.95
+                and stats["no_shared_attribute"] <= 0.05 and stats["invisible_named"] == 0))
+    out.append(("(f) at least 3 training seeds per row", f"{len(seeds)} seeds", len(seeds) >= 3))
+    if itc_history:  # monitoring, not required
+        first = itc_history[0]
+        out.append(("monitoring: ITC's features clustered at the first epoch, per modality",
+                    "; ".join(f"{m}: {first[m]['clusters_per_identity']:.2f} clusters per id, "
+                              f"P {100 * first[m]['precision']:.0f}% / R "
+                              f"{100 * first[m]['recall']:.0f}% / ARI {first[m]['ari']:.3f}"
+                              for m in ("image", "text")), None))
+    return out
+
+
+def validity_table(criteria):
+    lines = ["| criterion | measured | holds |", "|---|---|---|"]
+    lines += [f"| {c} | {m} | {'–' if ok is None else 'yes' if ok else '**no**'} |"
+              for c, m, ok in criteria]
+    return "\n".join(lines)
 
 
 def _mean_std(values):
@@ -292,18 +413,26 @@ def loss_table(results, rows, seeds, data_seed):
     return "\n".join(lines)
 
 
-def summary(results, rows, seeds, data_seed):
-    """The quick mode's JSON: {row: {"R1", "mAP", "ari_first", "ari_last"}}, means over seeds."""
+def summary(results, rows, seeds, data_seed, ceiling):
+    """The quick mode's JSON: {row: {"R1", "mAP", "ari_first", "ari_last", "ari_first_text",
+    "ari_last_text"}} (means over seeds; ARI of the image and of the caption labels, None for rows
+    without clustering), and at the top level "ceiling_R1" (the caption ceiling of the target,
+    None for the plain world) and "zero_shot" ({"R1", "mAP"} of the pretrained model)."""
     out = {}
     for row in rows:
         runs = [results[(row, data_seed, s)] for s in seeds]
         clustered = row not in ("zeroshot", "itc") + TRUE_LABEL_ROWS and runs[0]["history"]
+
+        def ari(which, modality):
+            return float(np.mean([_quality_at(r, which, modality)["ari"] for r in runs])) \
+                if clustered else None
         out[row] = {"R1": float(np.mean([r["Rank-1"] for r in runs])),
                     "mAP": float(np.mean([r["mAP"] for r in runs])),
-                    "ari_first": float(np.mean([_quality_at(r, "first", "image")["ari"]
-                                                for r in runs])) if clustered else None,
-                    "ari_last": float(np.mean([_quality_at(r, "last", "image")["ari"]
-                                               for r in runs])) if clustered else None}
+                    "ari_first": ari("first", "image"), "ari_last": ari("last", "image"),
+                    "ari_first_text": ari("first", "text"), "ari_last_text": ari("last", "text")}
+    zero_shot = results[("zeroshot", data_seed, ZERO_SHOT_SEED)]
+    out["ceiling_R1"] = ceiling
+    out["zero_shot"] = {"R1": zero_shot["Rank-1"], "mAP": zero_shot["mAP"]}
     return out
 
 
@@ -367,28 +496,31 @@ def bar_plot(results, rows, seeds, data_seed, path):
 
 
 def ari_plot(results, rows, seeds, data_seed, path):
-    """Image pseudo-label ARI per epoch, mean over seeds (band: min to max), of the rows that
-    cluster, with the itc row's clustered features as the reference."""
+    """Pseudo-label ARI per epoch of the image and of the caption labels, mean over seeds (band:
+    min to max), of the rows that cluster, with the itc row's clustered features as the
+    reference."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    for row in rows:
-        runs = [results[(row, data_seed, s)] for s in seeds]
-        if row in TRUE_LABEL_ROWS or not runs[0]["history"]:
-            continue
-        epochs = [h["epoch"] for h in runs[0]["history"]]
-        ari = np.array([[h["image"]["ari"] for h in r["history"]] for r in runs])
-        style = "--" if row == "itc" else "-"
-        label = plot_label(row, one_line=True)
-        if row == "itc":
-            label += ": its features, clustered for monitoring"
-        ax.plot(epochs, ari.mean(0), style, marker="o", ms=3, label=label)
-        ax.fill_between(epochs, ari.min(0), ari.max(0), alpha=0.15)
-    ax.set_xlabel("epoch (labels made before it)")
-    ax.set_ylabel("image pseudo-label ARI")
-    ax.set_title("Does training improve its own pseudo labels?")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for ax, modality, title in zip(axes, ("image", "text"), ("image labels", "caption labels")):
+        for row in rows:
+            runs = [results[(row, data_seed, s)] for s in seeds]
+            if row in TRUE_LABEL_ROWS or not runs[0]["history"]:
+                continue
+            epochs = [h["epoch"] for h in runs[0]["history"]]
+            ari = np.array([[h[modality]["ari"] for h in r["history"]] for r in runs])
+            label = plot_label(row, one_line=True)
+            if row == "itc":
+                label += ": its features, clustered for monitoring"
+            ax.plot(epochs, ari.mean(0), "--" if row == "itc" else "-", marker="o", ms=3,
+                    label=label)
+            ax.fill_between(epochs, ari.min(0), ari.max(0), alpha=0.15)
+        ax.set_xlabel("epoch (labels made before it)")
+        ax.set_title(f"ARI of the {title}")
+    axes[0].set_ylabel("pseudo-label ARI")
+    axes[1].legend(fontsize=7)
+    fig.suptitle("Does training improve its own pseudo labels?")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -411,8 +543,11 @@ def main():
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--data-root", default=os.path.join(REPO, "datasets"))
     parser.add_argument("--plot", help="write a bar plot of R1 and mAP to this PNG file")
-    parser.add_argument("--ari-plot", help="write the image pseudo-label ARI per epoch here")
-    parser.add_argument("--json", help="write {row: {R1, mAP, ari_first, ari_last}} here")
+    parser.add_argument("--ari-plot", help="write the image and caption pseudo-label ARI per "
+                                           "epoch here")
+    parser.add_argument("--json", help="write {row: {R1, mAP, ari_first, ari_last, "
+                                       "ari_first_text, ari_last_text}, ceiling_R1, zero_shot} "
+                                       "here")
     parser.add_argument("--config", default=CONFIG, help="the target config of every row")
     parser.add_argument("opts", nargs="*", help="config overrides for every row, KEY VALUE pairs")
     args = parser.parse_args()
@@ -426,8 +561,11 @@ def main():
     start = time.perf_counter()
     if os.path.abspath(args.config) != CONFIG:
         args.opts = ["--config", os.path.abspath(args.config)] + list(args.opts)
-    stats = prepare(args.data_root, [args.data_seed] + args.held_out, args.opts)
+    stats, targets = prepare(args.data_root, [args.data_seed] + args.held_out, args.opts)
+    ceiling = targets[args.data_seed]["caption_ceiling_R1"]
     jobs = [(row, args.data_seed, seed) for row in args.rows for seed in args.seeds]
+    if ("zeroshot", args.data_seed, ZERO_SHOT_SEED) not in jobs:  # the summary's reference
+        jobs.append(("zeroshot", args.data_seed, ZERO_SHOT_SEED))
     jobs += [(row, d, seed) for d in args.held_out for row in args.held_out_rows
              for seed in args.held_out_seeds]
     # Longest first (the zero-shot rows only evaluate), so the two slots finish together.
@@ -438,6 +576,13 @@ def main():
         results = {job: f.result() for job, f in futures.items()}
     print(f"Target dataset ({os.path.relpath(args.config, REPO)}, data seed {args.data_seed}):\n\n"
           f"{stats}\n")
+    def print_validity(seeds, data_seed):
+        itc = results.get(("itc", data_seed, seeds[0]))
+        criteria = validity(results, seeds, data_seed, targets[data_seed],
+                            itc["history"] if itc else None)
+        print(f"Validity criteria on data seed {data_seed} (docs/benchmarks.md; fixed before any "
+              f"CPCL row is read):\n\n{validity_table(criteria)}\n")
+    print_validity(args.seeds, args.data_seed)
     print(metrics_table(results, args.rows, args.seeds, args.data_seed))
     print(f"\nTraining seeds {', '.join(map(str, args.seeds))}; mean ± standard deviation.\n")
     labels = pseudo_label_table(results, args.rows, args.seeds, args.data_seed)
@@ -464,6 +609,7 @@ def main():
         print(f"Held-out target data seed {d} (not used to choose any setting), training seeds "
               f"{', '.join(map(str, args.held_out_seeds))}:\n")
         print(metrics_table(results, args.held_out_rows, args.held_out_seeds, d) + "\n")
+        print_validity(args.held_out_seeds, d)
         verdict = gap_verdict(results, args.held_out_seeds, d)
         if verdict:
             print(verdict + "\n")
@@ -475,7 +621,8 @@ def main():
         ari_plot(results, args.rows, args.seeds, args.data_seed, args.ari_plot)
     if args.json:
         with open(args.json + ".tmp", "w") as f:
-            json.dump(summary(results, args.rows, args.seeds, args.data_seed), f, indent=1)
+            json.dump(summary(results, args.rows, args.seeds, args.data_seed, ceiling), f,
+                      indent=1)
         os.replace(args.json + ".tmp", args.json)
 
 

@@ -102,6 +102,7 @@ def test_pseudo_label_quality_monitoring():
     q = pseudo_label_quality(np.array([0, 0, 1, 1, -1]), np.array([5, 5, 5, 6, 6]))
     assert q["precision"] == pytest.approx(1 / 2)  # same-pseudo pairs (0,1), (2,3): one correct
     assert q["recall"] == pytest.approx(1 / 4)     # same-id pairs (0,1),(0,2),(1,2),(3,4)
+    assert q["clusters_per_identity"] == 1.0 and q["outlier_share"] == pytest.approx(1 / 5)
     assert pseudo_label_quality(np.array([3, 3, 7]), np.array([1, 1, 2]))["ari"] == pytest.approx(1.0)
 
 

@@ -19,20 +19,25 @@ def test_quick_mode_trains_the_rows_from_pretrained_weights_and_writes_its_json(
          data_root], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result) == {"itc", "full", "oracle"}
-    for row in result.values():
-        assert set(row) == {"R1", "mAP", "ari_first", "ari_last"}
-        assert 0 <= row["R1"] <= 100 and 0 <= row["mAP"] <= 100
+    assert set(result) == {"itc", "full", "oracle", "ceiling_R1", "zero_shot"}
+    for row in ("itc", "full", "oracle"):
+        assert set(result[row]) == {"R1", "mAP", "ari_first", "ari_last", "ari_first_text",
+                                    "ari_last_text"}
+        assert 0 <= result[row]["R1"] <= 100 and 0 <= result[row]["mAP"] <= 100
     # Only full CPCL clusters: ITC trains without labels, the oracle reads the identities.
-    assert result["itc"]["ari_first"] is None and result["oracle"]["ari_last"] is None
-    assert isinstance(result["full"]["ari_first"], float)
-    assert isinstance(result["full"]["ari_last"], float)
+    assert result["itc"]["ari_first"] is None and result["oracle"]["ari_last_text"] is None
+    for key in ("ari_first", "ari_last", "ari_first_text", "ari_last_text"):
+        assert isinstance(result["full"][key], float)
+    # The pretrained model's scores, and what a perfect reader of the preset world's captions gets
+    assert set(result["zero_shot"]) == {"R1", "mAP"} and 0 <= result["zero_shot"]["R1"] <= 100
+    assert 0 < result["ceiling_R1"] <= 100
     # The target came from data seed 5; the rows started from the pretraining config's weights.
     specs = [json.load(open(p)) for p in glob.glob(os.path.join(data_root, "SyntheticPedes",
                                                                 "*", "spec.json"))]
-    assert any(s["seed"] == 5 and s["domain"] == "street" for s in specs)
+    assert any(s["seed"] == 5 and s.get("preset") == "cuhk" for s in specs)
     assert glob.glob(os.path.join(data_root, "pretrained", "CPCL-Tiny-tiny-pretrain-*.pth"))
     assert "| ITC only (instance level, baseline) |" in proc.stdout
+    assert "caption ceiling: a perfect reader's test R1" in proc.stdout
     assert "Loss terms in the last epoch" in proc.stdout
     # The pretraining run's log goes to stderr: stdout holds only the results (make bench pastes it).
     assert "fastreid.utils.events" not in proc.stdout and "Saving checkpoint" not in proc.stdout

@@ -3,13 +3,15 @@
 
     python tools/check_dataset.py CUHKPEDES --root datasets
     python tools/check_dataset.py RSTPReid --root /data --decode
+    python tools/check_dataset.py SyntheticPedes --config-file configs/CPCL/synthetic.yml --stats
     python tools/check_dataset.py TextImageJSON --root /data \
         DATASETS.TEXT_IMAGE_JSON.ANNOTATION_FILE mine.json DATASETS.TEXT_IMAGE_JSON.IMAGE_KEY img
 
 It runs the checks training runs first (annotation file, JSON, keys, splits, captions, that every
 image exists and belongs to one split); `--decode` also reads every image as training does (8-bit
 RGB, `load_image`), which finds corrupt files and images that cannot be converted but takes
-minutes on a full dataset. Exit status 0 when the dataset is fine, 2 with one sentence when it is
+minutes on a full dataset. `--stats` prints what its captions and views look like beside the real
+datasets' published figures (cpcl_plugin/data/statistics.py). Exit status 0 when the dataset is fine, 2 with one sentence when it is
 not.
 """
 import argparse
@@ -22,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cpcl_plugin import ConfigError, DatasetError, load_config  # noqa: E402
 from cpcl_plugin.data import build_dataset, load_image  # noqa: E402
+from cpcl_plugin.data.statistics import dataset_statistics, statistics_table  # noqa: E402
 
 
 def undecodable_images(paths, workers):
@@ -53,6 +56,11 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="Threads that decode images with --decode (default: %(default)s, the "
                              "number of CPU cores).")
+    parser.add_argument("--stats", action="store_true",
+                        help="Also print the captions' and views' statistics (words, vocabulary, "
+                             "captions per image, images per identity, attribute agreement, "
+                             "lookalikes, the caption ceiling of synthetic sets) beside CUHK-PEDES, "
+                             "ICFG-PEDES and RSTPReid (default: %(default)s).")
     parser.add_argument("opts", nargs="*",
                         help="Config overrides as KEY VALUE pairs, e.g. "
                              "DATASETS.TEXT_IMAGE_JSON.IMAGE_KEY img (default: none).")
@@ -69,6 +77,8 @@ def main(argv=None):
             print(f"  {data.skipped_missing} entries whose image does not exist were skipped "
                   f"(DATASETS.SKIP_BAD_IMAGES).")
         print(data.statistics_table())
+        if args.stats:
+            print(statistics_table(args.dataset, dataset_statistics(data)))
         if args.decode:
             start = time.perf_counter()
             bad = undecodable_images([r.image_path for r in records], args.workers)

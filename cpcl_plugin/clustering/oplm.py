@@ -146,8 +146,9 @@ def mine_outliers(image_labels, text_labels, pair_image, image_features, text_fe
 
 def pseudo_label_quality(pseudo_labels, true_labels):
     """MONITORING ONLY (needs identity labels; training never calls it): pairwise precision and
-    recall of `pseudo_labels` against `true_labels` (outliers pair with nothing), and the adjusted
-    Rand index with each outlier as its own cluster. Values in [0, 1] (ARI can be negative)."""
+    recall of `pseudo_labels` against `true_labels` (outliers pair with nothing), the adjusted
+    Rand index with each outlier as its own cluster (values in [0, 1]; ARI can be negative), the
+    clusters per identity and the share of outliers (label -1)."""
     pred = np.asarray(pseudo_labels)
     true = np.asarray(true_labels)
     ok = pred >= 0
@@ -157,4 +158,7 @@ def pseudo_label_quality(pseudo_labels, true_labels):
     same_true = pairs(np.unique(true, return_counts=True)[1])
     return {"precision": both / same_pred if same_pred else 0.0,
             "recall": both / same_true if same_true else 0.0,
-            "ari": float(adjusted_rand_score(true, outliers_as_singletons(pred)))}
+            "ari": float(adjusted_rand_score(true, outliers_as_singletons(pred))),
+            # how finely the clustering cuts: 1 when there are as many clusters as identities
+            "clusters_per_identity": len(np.unique(pred[ok])) / max(len(np.unique(true)), 1),
+            "outlier_share": float(np.mean(~ok)) if len(pred) else 0.0}

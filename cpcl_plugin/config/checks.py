@@ -93,6 +93,7 @@ CHOICES = {
     "SOLVER.WARMUP_METHOD": ("constant", "linear", "exp"),
     # The looks of the synthetic world (data/synthetic.py reads them from here).
     "DATASETS.SYNTHETIC.DOMAIN": ("street", "web"),
+    "DATASETS.SYNTHETIC.PRESET": ("", "cuhk", "icfg", "rstp"),
     "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": tuple(t.value for t in GradientClipType),
 }
 

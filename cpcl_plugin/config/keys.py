@@ -155,6 +155,12 @@ def add_cpcl_config(cfg):
     # sentence captions) or "web" (the pretraining corpus: clean saturated backdrops, even light,
     # alt-text captions with other nouns); see cpcl_plugin/data/synthetic.py.
     _C.DATASETS.SYNTHETIC.DOMAIN = "street"
+    # A world shaped like a real dataset (cpcl_plugin/data/world.py): "cuhk", "icfg" or "rstp"
+    # fix the views per person, captions per image (by different annotators, describing the whole
+    # visible person), caption length and cameras as in CUHK-PEDES, ICFG-PEDES and RSTPReid, with
+    # lookalikes and fine details captions rarely name; IMAGES_PER_ID, CAPTIONS_PER_IMAGE and
+    # ATTRIBUTES_PER_CAPTION then do not apply. "" is the plain street (or web) world above.
+    _C.DATASETS.SYNTHETIC.PRESET = ""
 
     # ---- training loop ---------------------------------------------------------------------------
     # Iterations between two lines of training metrics (console, metrics.json, TensorBoard).

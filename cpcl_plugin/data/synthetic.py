@@ -34,24 +34,12 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ..config import CHOICES
 from ..errors import ConfigError
+from .palette import (BAG_TYPES, COLORS, HAIR_COLORS, HAT_TYPES, LOWER_TYPES, SHOE_COLORS,
+                      SKIN_TONES, UPPER_TYPES, shade)
+from .world import PRESETS, WORLD_VERSION, generate_world
 
 __all__ = ["SyntheticSpec", "generate_synthetic_dataset", "ensure_synthetic_dataset",
            "sample_identity", "describe_identity"]
-
-COLORS = {
-    "black": (25, 25, 28), "white": (235, 235, 235), "gray": (128, 128, 132),
-    "red": (200, 30, 35), "blue": (35, 70, 190), "green": (40, 140, 60), "yellow": (230, 200, 40),
-    "orange": (235, 125, 30), "purple": (120, 50, 150), "pink": (235, 140, 180),
-    "brown": (115, 75, 40), "navy": (20, 30, 85),
-}
-HAIR_COLORS = {"black": (20, 18, 18), "brown": (95, 60, 30), "blonde": (215, 185, 110),
-               "gray": (150, 150, 150)}
-SKIN_TONES = [(250, 215, 185), (225, 180, 140), (180, 130, 95), (120, 85, 60)]
-UPPER_TYPES = ["t-shirt", "shirt", "jacket", "coat", "sweater"]
-LOWER_TYPES = ["trousers", "jeans", "shorts", "skirt"]
-BAG_TYPES = ["backpack", "handbag", "shoulder bag"]
-HAT_TYPES = ["cap", "beanie"]
-SHOE_COLORS = ["black", "white", "brown", "red", "blue"]
 
 # Attribute names a caption can mention.
 ATTRIBUTES = ("gender", "hair", "hat", "upper", "lower", "shoes", "bag")
@@ -67,8 +55,14 @@ class SyntheticSpec(dict):
 
     def __init__(self, num_train_ids=1000, num_val_ids=0, num_test_ids=100, images_per_id=2,
                  captions_per_image=1, attributes_per_caption=(3, 5), image_size=(128, 64),
-                 seed=0, domain="street"):
+                 seed=0, domain="street", preset=""):
         lo, hi = (int(v) for v in attributes_per_caption)
+        if preset and preset not in PRESETS:
+            raise ConfigError(f"DATASETS.SYNTHETIC.PRESET must be one of {', '.join(PRESETS)} or "
+                              f"\"\" (the plain street or web world), got {preset!r}.")
+        if preset and domain != "street":
+            raise ConfigError(f"DATASETS.SYNTHETIC.PRESET {preset!r} is a target world; set "
+                              f"DATASETS.SYNTHETIC.DOMAIN street (the web domain has no presets).")
         if domain not in DOMAINS:
             raise ConfigError(f"DATASETS.SYNTHETIC.DOMAIN must be one of {', '.join(DOMAINS)}, "
                               f"got {domain!r}.")
@@ -86,12 +80,15 @@ class SyntheticSpec(dict):
                          attributes_per_caption=[lo, hi],
                          image_size=[int(v) for v in image_size], seed=int(seed),
                          domain=str(domain))
+        if preset:  # plain worlds' specs, without these keys, keep their digests and folders
+            self.update(preset=str(preset), world_version=WORLD_VERSION)
 
     @classmethod
     def from_cfg(cls, cfg):
         s = cfg.DATASETS.SYNTHETIC
         return cls(s.NUM_TRAIN_IDS, s.NUM_VAL_IDS, s.NUM_TEST_IDS, s.IMAGES_PER_ID,
-                   s.CAPTIONS_PER_IMAGE, s.ATTRIBUTES_PER_CAPTION, s.IMAGE_SIZE, s.SEED, s.DOMAIN)
+                   s.CAPTIONS_PER_IMAGE, s.ATTRIBUTES_PER_CAPTION, s.IMAGE_SIZE, s.SEED, s.DOMAIN,
+                   s.PRESET)
 
     def digest(self):
         blob = json.dumps(self, sort_keys=True).encode() + GENERATOR_VERSION.encode()
@@ -195,10 +192,6 @@ LOOKS = {
 }
 
 
-def _shade(color, factor):
-    return tuple(int(np.clip(c * factor, 0, 255)) for c in color)
-
-
 def render_person(ident, rng, size, domain="street"):
     """Draw one image of `ident` (H, W) = size with random pose, framing, background and light,
     in the look of `domain`."""
@@ -221,9 +214,9 @@ def render_person(ident, rng, size, domain="street"):
     draw = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(*look["clutter"]))):  # background clutter
         x0, y0 = rng.integers(0, cw), rng.integers(0, ch)
-        shade = int(rng.uniform(40, 210))
+        gray = int(rng.uniform(40, 210))
         draw.rectangle([x0, y0, x0 + rng.integers(4, 20), y0 + rng.integers(4, 30)],
-                       fill=(shade, shade + int(rng.integers(-15, 15)), shade))
+                       fill=(gray, gray + int(rng.integers(-15, 15)), gray))
 
     s = rng.uniform(*look["scale"])
     cx = cw / 2 + rng.uniform(-look["shift"], look["shift"])
@@ -247,7 +240,7 @@ def render_person(ident, rng, size, domain="street"):
     if ident["bag"] == "backpack" and back_view:
         pass  # drawn over the torso below
     elif ident["bag"] == "backpack":
-        draw.rectangle([X(-13), Y(28), X(13), Y(58)], fill=_shade(COLORS[ident["bag_color"]], 0.8))
+        draw.rectangle([X(-13), Y(28), X(13), Y(58)], fill=shade(COLORS[ident["bag_color"]], 0.8))
     if ident["hair_long"]:
         draw.rectangle([X(-8), Y(10), X(8), Y(34)], fill=hair)
     # legs and lower clothing
@@ -273,14 +266,14 @@ def render_person(ident, rng, size, domain="street"):
     draw.polygon([(X(-11), Y(26)), (X(11), Y(26)), (X(10), Y(bottom)), (X(-10), Y(bottom))],
                  fill=upper)
     if ident["upper"] == "jacket":
-        draw.line([X(0), Y(27), X(0), Y(63)], fill=_shade(upper, 0.5), width=2)
+        draw.line([X(0), Y(27), X(0), Y(63)], fill=shade(upper, 0.5), width=2)
     if ident["upper"] == "shirt":
         draw.polygon([(X(-4), Y(26)), (X(4), Y(26)), (X(0), Y(33))], fill=(240, 240, 240))
     sleeve = 36 if ident["upper"] == "t-shirt" else 60
     for side in (-1, 1):
         x_out = 15 * side
         draw.polygon([(X(11 * side), Y(27)), (X(x_out), Y(28)), (X(x_out + arm * side), Y(sleeve)),
-                      (X(11 * side + arm * side), Y(sleeve))], fill=_shade(upper, 0.9))
+                      (X(11 * side + arm * side), Y(sleeve))], fill=shade(upper, 0.9))
         if sleeve < 60:
             draw.rectangle([X(min(x_out, 11 * side) + arm * side), Y(sleeve),
                             X(max(x_out, 11 * side) + arm * side), Y(60)], fill=skin)
@@ -294,7 +287,7 @@ def render_person(ident, rng, size, domain="street"):
         draw.rectangle([X(14 * side + arm * side - 4), Y(58), X(14 * side + arm * side + 4), Y(70)],
                        fill=COLORS[ident["bag_color"]])
     elif ident["bag"] == "shoulder bag":
-        draw.line([X(-10), Y(27), X(10), Y(56)], fill=_shade(COLORS[ident["bag_color"]], 0.7),
+        draw.line([X(-10), Y(27), X(10), Y(56)], fill=shade(COLORS[ident["bag_color"]], 0.7),
                   width=2)
         draw.rectangle([X(7), Y(52), X(15), Y(64)], fill=COLORS[ident["bag_color"]])
     # head, hair, hat
@@ -324,7 +317,23 @@ def render_person(ident, rng, size, domain="street"):
 
 
 def generate_synthetic_dataset(out_dir, spec):
-    """Write `imgs/` and `reid_raw.json` (CUHK-PEDES format) for `spec` into `out_dir`."""
+    """Write `imgs/` and `reid_raw.json` (CUHK-PEDES format) for `spec` into `out_dir`; a preset
+    world also writes its ground truth, `world.json` (data/world.py)."""
+    if spec.get("preset"):
+        entries, truth = generate_world(out_dir, spec)
+        with open(os.path.join(out_dir, "world.json"), "w", encoding="utf-8") as f:
+            json.dump(truth, f)
+    else:
+        entries = _plain_world_entries(out_dir, spec)
+    with open(os.path.join(out_dir, "reid_raw.json"), "w", encoding="utf-8") as f:
+        json.dump(entries, f, indent=0)
+    with open(os.path.join(out_dir, "spec.json"), "w") as f:
+        json.dump(dict(spec, generator_version=GENERATOR_VERSION), f, indent=1)
+    return out_dir
+
+
+def _plain_world_entries(out_dir, spec):
+    """Draw the plain (street or web) world into `out_dir`/imgs; returns its annotation entries."""
     rng = np.random.default_rng(spec["seed"])
     counts = [("train", spec["num_train_ids"]), ("val", spec["num_val_ids"]),
               ("test", spec["num_test_ids"])]
@@ -344,11 +353,7 @@ def generate_synthetic_dataset(out_dir, spec):
                                               spec["domain"])
                             for _ in range(spec["captions_per_image"])]
                 entries.append({"split": split, "captions": captions, "file_path": rel, "id": pid})
-    with open(os.path.join(out_dir, "reid_raw.json"), "w", encoding="utf-8") as f:
-        json.dump(entries, f, indent=0)
-    with open(os.path.join(out_dir, "spec.json"), "w") as f:
-        json.dump(dict(spec, generator_version=GENERATOR_VERSION), f, indent=1)
-    return out_dir
+    return entries
 
 
 def ensure_synthetic_dataset(parent_dir, spec, logger=None):

@@ -288,7 +288,8 @@ class PseudoLabelHook(HookBase):
             q = history[name] = pseudo_label_quality(pred, true)
             line += (f"\n  [monitoring, identity labels] {name} labels: pairwise precision "
                      f"{100 * q['precision']:.1f}%, recall {100 * q['recall']:.1f}%, "
-                     f"ARI {q['ari']:.3f}")
+                     f"ARI {q['ari']:.3f}, {q['clusters_per_identity']:.2f} clusters per "
+                     f"identity, {100 * q['outlier_share']:.0f}% outliers")
             if pre is not None:
                 q0 = history[f"{name}_before_oplm"] = pseudo_label_quality(pre, true)
                 line += (f" (before OPLM: {100 * q0['precision']:.1f}% / "

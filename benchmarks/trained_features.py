@@ -3,7 +3,7 @@
     python benchmarks/trained_features.py --n 20000       # prints dim, cosines, duplicate rates
 
 `caption_features(n, seed)`: the text features (float32, unit rows) of n street captions of the
-synthetic dataset (configs/CPCL/synthetic.yml's wording: 2-4 of a person's 7 attributes per
+synthetic dataset's plain world (its street wording: 2-4 of a person's 7 attributes per
 caption), 6 per person (3 images x 2 captions, as CUHK-PEDES has), encoded by the tiny CLIP
 pretrained on the synthetic web (configs/CPCL/synthetic-web.yml, made once and cached) through the
 project's own feature path (cpcl_plugin.evaluation.encode_captions_and_images, no images).
@@ -31,6 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "CPCL", "synthetic.yml")
 RECIPE = os.path.join(REPO, "configs", "CPCL", "synthetic-web.yml")
 IMAGES_PER_ID, CAPTIONS_PER_IMAGE = 3, 2
+ATTRIBUTES_PER_CAPTION = (2, 4)  # named per caption, of 7
 
 
 def _log(message):
@@ -50,7 +51,7 @@ def synthetic_captions(n, seed=0):
     """(captions, identities) of n street captions, 6 per identity, drawn as the generator draws
     them (its sample_identity and describe_identity) without rendering any image."""
     from cpcl_plugin.data.synthetic import describe_identity, sample_identity
-    lo, hi = _config().DATASETS.SYNTHETIC.ATTRIBUTES_PER_CAPTION
+    lo, hi = ATTRIBUTES_PER_CAPTION
     rng, per = np.random.default_rng(seed), IMAGES_PER_ID * CAPTIONS_PER_IMAGE
     captions, ids = [], []
     for pid in range(-(-n // per)):

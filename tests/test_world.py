@@ -7,7 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cpcl_plugin import ConfigError
+from conftest import REPO
+
+from cpcl_plugin import ConfigError, load_config
 from cpcl_plugin.config import CHOICES
 from cpcl_plugin.data import CUHKPEDES, SyntheticSpec, generate_synthetic_dataset
 from cpcl_plugin.data.statistics import caption_ceiling, dataset_statistics, text_mentions
@@ -153,3 +155,9 @@ def test_preset_settings_are_checked():
         SyntheticSpec(preset="cuhk", domain="web")
     # the plain world's settings, hence its cached folders, do not change
     assert "preset" not in SyntheticSpec()
+
+
+def test_plain_world_keys_are_refused_with_a_preset():
+    with pytest.raises(ConfigError, match="IMAGES_PER_ID is set, but the cuhk preset draws"):
+        load_config(os.path.join(REPO, "configs", "CPCL", "synthetic.yml"),
+                    ["DATASETS.SYNTHETIC.IMAGES_PER_ID", "5"])

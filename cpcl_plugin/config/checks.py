@@ -2,13 +2,16 @@
 training: `config_problems` finds them all at once, one sentence each, before anything is built."""
 import re
 
+import numpy as np
 import torch
+from fastreid.config import get_cfg
 from fastreid.modeling.backbones import BACKBONE_REGISTRY
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.solver.build import GradientClipType
 
 from ..compat.registries import backbone_depths, registry_names
 from ..errors import ConfigError
+from .keys import add_cpcl_config
 
 __all__ = ["RANGES", "CHOICES", "IMAGE_SIZES", "config_problems", "check_config", "problem_list",
            "check_batch_split"]
@@ -172,6 +175,16 @@ def config_problems(cfg):
     if depths is not None and cfg.MODEL.BACKBONE.DEPTH not in depths:
         problems.append(f"MODEL.BACKBONE.DEPTH {cfg.MODEL.BACKBONE.DEPTH!r} is not a depth of "
                         f"{cfg.MODEL.BACKBONE.NAME}; it accepts {', '.join(depths)}.")
+    synthetic = cfg.DATASETS.SYNTHETIC
+    if synthetic.PRESET:
+        # Keys of the plain world only: a preset draws its own views and captions.
+        defaults = add_cpcl_config(get_cfg()).DATASETS.SYNTHETIC
+        for key in ("IMAGES_PER_ID", "CAPTIONS_PER_IMAGE", "ATTRIBUTES_PER_CAPTION"):
+            if list(np.ravel(synthetic[key])) != list(np.ravel(defaults[key])):
+                problems.append(f"DATASETS.SYNTHETIC.{key} is set, but the {synthetic.PRESET} "
+                                f"preset draws its own views and captions, as its dataset does "
+                                f"(docs/design.md, section 3); remove the key, or set "
+                                f"DATASETS.SYNTHETIC.PRESET \"\" for the plain world.")
     if list(cfg.INPUT.SIZE_TRAIN) != list(cfg.INPUT.SIZE_TEST):
         problems.append(f"INPUT.SIZE_TRAIN {list(cfg.INPUT.SIZE_TRAIN)} and INPUT.SIZE_TEST "
                         f"{list(cfg.INPUT.SIZE_TEST)} differ; the encoders need one image size.")

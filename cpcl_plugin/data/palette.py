@@ -1,8 +1,9 @@
-"""The colours, skin tones and garments both synthetic worlds draw people with."""
+"""The colours, skin tones and garments both synthetic worlds draw people with, and the coarse
+attributes of a person (what captions can name)."""
 import re
 
 __all__ = ["COLORS", "HAIR_COLORS", "SKIN_TONES", "UPPER_TYPES", "LOWER_TYPES", "BAG_TYPES",
-           "HAT_TYPES", "SHOE_COLORS", "shade", "a_or_an"]
+           "HAT_TYPES", "SHOE_COLORS", "shade", "a_or_an", "sample_identity"]
 
 COLORS = {
     "black": (25, 25, 28), "white": (235, 235, 235), "gray": (128, 128, 132),
@@ -28,3 +29,25 @@ def shade(color, factor):
 def a_or_an(words):
     """`words` after the right indefinite article: "a red coat", "an orange coat"."""
     return ("an " if re.match(r"[aeiou]", words) else "a ") + words
+
+
+def sample_identity(rng, hat_share=0.3):
+    """Draw one person's coarse attributes (and skin tone); `hat_share` of people wear a hat."""
+    gender = "woman" if rng.random() < 0.5 else "man"
+    palette = list(COLORS)
+    ident = {
+        "gender": gender,
+        "hair_color": str(rng.choice(list(HAIR_COLORS))),
+        "hair_long": bool(rng.random() < (0.7 if gender == "woman" else 0.15)),
+        "hat": str(rng.choice(HAT_TYPES)) if rng.random() < hat_share else None,
+        "hat_color": str(rng.choice(palette)),
+        "upper": str(rng.choice(UPPER_TYPES)),
+        "upper_color": str(rng.choice(palette)),
+        "lower": str(rng.choice(LOWER_TYPES if gender == "woman" else LOWER_TYPES[:3])),
+        "lower_color": str(rng.choice(palette)),
+        "shoes_color": str(rng.choice(SHOE_COLORS)),
+        "bag": str(rng.choice(BAG_TYPES)) if rng.random() < 0.6 else None,
+        "bag_color": str(rng.choice(palette)),
+        "skin": int(rng.integers(len(SKIN_TONES))),
+    }
+    return ident

@@ -30,7 +30,7 @@ from tabulate import tabulate
 __all__ = ["REAL_FIGURES", "STATISTICS", "caption_words", "text_mentions", "load_world",
            "dataset_statistics", "caption_ceiling", "statistics_table"]
 
-# The real datasets' published figures (docs/design.md, "The real datasets"); None where none is
+# The real datasets' published figures (docs/design.md, section 3); None where none is
 # published. ICFG-PEDES's caption length and vocabulary are not confirmed by its authors' pages.
 REAL_FIGURES = {
     "CUHK-PEDES": {"words_per_caption": 23.5, "vocabulary": 9408, "captions_per_image": 2.0,

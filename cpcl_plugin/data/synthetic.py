@@ -1,5 +1,8 @@
 """A procedurally drawn pedestrian dataset with captions, written in the CUHK-PEDES on-disk format.
 
+Two kinds of world. With DATASETS.SYNTHETIC.PRESET ("cuhk", "icfg", "rstp") the world is shaped
+like that real dataset (data/world.py). Without a preset it is the plain world described here:
+
 Each identity is a set of attributes (gender, hair, hat, upper and lower clothing, shoes, bag).
 Each of its images draws that person with another pose, scale, position, background, light and
 sometimes an occluder; each caption describes a random subset of the attributes in varied wording.
@@ -34,8 +37,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ..config import CHOICES
 from ..errors import ConfigError
-from .palette import (BAG_TYPES, COLORS, HAIR_COLORS, HAT_TYPES, LOWER_TYPES, SHOE_COLORS,
-                      SKIN_TONES, UPPER_TYPES, shade)
+from .palette import COLORS, HAIR_COLORS, SKIN_TONES, sample_identity, shade
 from .world import PRESETS, WORLD_VERSION, generate_world
 
 __all__ = ["SyntheticSpec", "generate_synthetic_dataset", "ensure_synthetic_dataset",
@@ -97,28 +99,6 @@ class SyntheticSpec(dict):
 
 # Bump when the drawing or the wording changes, so cached datasets are regenerated.
 GENERATOR_VERSION = "3"
-
-
-def sample_identity(rng):
-    """Draw one person's attributes."""
-    gender = "woman" if rng.random() < 0.5 else "man"
-    palette = list(COLORS)
-    ident = {
-        "gender": gender,
-        "hair_color": str(rng.choice(list(HAIR_COLORS))),
-        "hair_long": bool(rng.random() < (0.7 if gender == "woman" else 0.15)),
-        "hat": str(rng.choice(HAT_TYPES)) if rng.random() < 0.3 else None,
-        "hat_color": str(rng.choice(palette)),
-        "upper": str(rng.choice(UPPER_TYPES)),
-        "upper_color": str(rng.choice(palette)),
-        "lower": str(rng.choice(LOWER_TYPES if gender == "woman" else LOWER_TYPES[:3])),
-        "lower_color": str(rng.choice(palette)),
-        "shoes_color": str(rng.choice(SHOE_COLORS)),
-        "bag": str(rng.choice(BAG_TYPES)) if rng.random() < 0.6 else None,
-        "bag_color": str(rng.choice(palette)),
-        "skin": int(rng.integers(len(SKIN_TONES))),
-    }
-    return ident
 
 
 def _phrases(ident, rng):

@@ -1,7 +1,7 @@
 """Preset worlds: synthetic targets shaped like CUHK-PEDES, ICFG-PEDES and RSTPReid.
 
-The figures they copy are the real datasets' published ones (docs/design.md, "The synthetic
-world"): views per person, captions per image, caption length, cameras. Where the real data's
+The figures they copy are the real datasets' published ones (docs/design.md, section 3): views
+per person, captions per image, caption length, cameras. Where the real data's
 difficulty comes from, the world has it too:
 
 - People are richer than the words. Besides the coarse attributes captions name (gender, hair,
@@ -26,8 +26,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .palette import (BAG_TYPES, COLORS, HAIR_COLORS, HAT_TYPES, LOWER_TYPES, SHOE_COLORS,
-                              SKIN_TONES, UPPER_TYPES, a_or_an, shade)
+from .palette import COLORS, HAIR_COLORS, SKIN_TONES, a_or_an, sample_identity, shade
 
 __all__ = ["PRESETS", "sample_person", "lookalike_of", "visible_attributes", "write_caption",
            "render_view", "make_cameras", "draw_views", "generate_world", "COARSE"]
@@ -53,28 +52,12 @@ COARSE = ("gender", "hair_long", "hair_color", "hat", "hat_color", "upper", "upp
           "lower", "lower_color", "shoes_color", "bag", "bag_color")
 PATTERNS = ("plain", "stripes", "check", "logo")
 SHOE_TYPES = ("sneakers", "boots", "leather shoes")
-VIEWS = ("front", "back", "left", "right")
 
 
 def sample_person(rng):
     """One person: the coarse attributes captions name and the fine details they rarely do."""
-    gender = "woman" if rng.random() < 0.5 else "man"
-    palette = list(COLORS)
-    return {
-        "gender": gender,
-        "hair_color": str(rng.choice(list(HAIR_COLORS))),
-        "hair_long": bool(rng.random() < (0.7 if gender == "woman" else 0.15)),
-        "hat": str(rng.choice(HAT_TYPES)) if rng.random() < 0.25 else None,
-        "hat_color": str(rng.choice(palette)),
-        "upper": str(rng.choice(UPPER_TYPES)),
-        "upper_color": str(rng.choice(palette)),
-        "lower": str(rng.choice(LOWER_TYPES if gender == "woman" else LOWER_TYPES[:3])),
-        "lower_color": str(rng.choice(palette)),
-        "shoes_color": str(rng.choice(SHOE_COLORS)),
-        "bag": str(rng.choice(BAG_TYPES)) if rng.random() < 0.6 else None,
-        "bag_color": str(rng.choice(palette)),
-        # fine details
-        "skin": int(rng.integers(len(SKIN_TONES))),
+    person = sample_identity(rng, hat_share=0.25)
+    person.update({
         "pattern": str(rng.choice(PATTERNS, p=[0.5, 0.2, 0.1, 0.2])),
         "pattern_color": str(rng.choice(["white", "black", "yellow", "red"])),
         "shades": [float(v) for v in rng.uniform(0.75, 1.2, size=3)],  # upper, lower, bag
@@ -83,7 +66,8 @@ def sample_person(rng):
         "belt": bool(rng.random() < 0.3),
         "bag_hand": 1 if rng.random() < 0.5 else -1,  # the image side a handbag is carried on
         "build": [float(rng.uniform(0.85, 1.2)), float(rng.uniform(0.9, 1.04))],  # width, height
-    }
+    })
+    return person
 
 
 def lookalike_of(person, rng):

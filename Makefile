@@ -25,8 +25,9 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests -n 2 --dist loadfile --durations=15
 
-# Every benchmark but the diagnosis and scale runs, about 85 minutes on two cores; rewrites
-# docs/benchmarks.md and docs/img/.
+# Every benchmark but the diagnosis and scale runs; rewrites docs/benchmarks.md and docs/img/.
+# About 85 minutes on two cores on the plain world; on the cuhk target (issue 20) each training
+# run takes about 8.5 minutes, two at a time: the quality section alone is about 2.5 hours.
 bench: install
 	$(PY) benchmarks/run_all.py
 

@@ -408,6 +408,12 @@ def test_check_dataset_tool(tmp_path, capsys):
     assert proc.returncode == 0, proc.stderr
     assert "its 7 images exist" in proc.stdout and "Decoded 7 images" in proc.stdout
     assert "| train   | 2       | 3          | 7" in proc.stdout
+    # --stats: the captions and views beside the real datasets' figures, read from the text
+    status, out, _ = _check_dataset_here(capsys, "RSTPReid", "--root", str(tmp_path), "--stats")
+    header = next(line for line in out.splitlines() if line.startswith("| statistic"))
+    assert status == 0 and [c.strip() for c in header.split("|")[1:-1]] == [
+        "statistic", "RSTPReid", "CUHK-PEDES", "ICFG-PEDES", "RSTPReid"]
+    assert "| images per identity " in out and "read from the caption text" in out
 
     _corrupt(str(tmp_path / "RSTPReid" / "imgs" / "val" / "p3.jpg"))
     assert _check_dataset_here(capsys, "RSTPReid", "--root", str(tmp_path))[0] == 0  # exists

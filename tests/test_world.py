@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from test_datasets import _check_dataset_here
 
 from cpcl_plugin import ConfigError, load_config
 from cpcl_plugin.config import CHOICES
@@ -161,3 +162,13 @@ def test_plain_world_keys_are_refused_with_a_preset():
     with pytest.raises(ConfigError, match="IMAGES_PER_ID is set, but the cuhk preset draws"):
         load_config(os.path.join(REPO, "configs", "CPCL", "synthetic.yml"),
                     ["DATASETS.SYNTHETIC.IMAGES_PER_ID", "5"])
+
+
+def test_check_dataset_prints_a_preset_worlds_statistics_and_ceiling(worlds, capsys):
+    data, _ = worlds["cuhk"]
+    root = os.path.dirname(os.path.dirname(data.annotation_path))
+    status, out, _ = _check_dataset_here(capsys, "CUHKPEDES", "--root", root, "--stats")
+    assert status == 0
+    ceiling = next(line for line in out.splitlines() if line.startswith("| caption ceiling"))
+    assert 50 <= float(ceiling.split("|")[2]) <= 100
+    assert "read from the ground truth" in out

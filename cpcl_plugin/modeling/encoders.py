@@ -19,7 +19,6 @@ from fastreid.layers import pooling
 from fastreid.modeling.backbones import BACKBONE_REGISTRY
 from fastreid.utils.registry import Registry
 from open_clip.factory import load_state_dict
-from open_clip.transformer import text_global_pool
 from torch import nn
 
 from ..compat import registry_names
@@ -194,22 +193,24 @@ class OpenCLIPTextEncoder(nn.Module):
         # pooled token cannot change any caption's embedding, so they are not computed (captions
         # are far shorter than the context). Other text towers run unchanged.
         clip = clip_model
-        self.trims_padding = (isinstance(clip, open_clip.CLIP) and clip.attn_mask is not None
+        self.trims_padding = (isinstance(clip, open_clip.CLIP)
+                              and getattr(clip, "attn_mask", None) is not None
                               and getattr(clip, "text_pool_type", None) in ("argmax", "eos"))
 
     def forward(self, tokens):
         if not self.trims_padding or not tokens.numel():
             return self.clip.encode_text(tokens)
         clip = self.clip
+        # The position each caption is read at: its end-of-text token (the largest id, or the
+        # tokenizer's eos id), as open_clip pools.
         pooled_at = (tokens.argmax(dim=1) if clip.text_pool_type == "argmax"
                      else (tokens == clip.text_eos_id).int().argmax(dim=1))
-        tokens = tokens[:, :int(pooled_at.max()) + 1]
+        length = int(pooled_at.max()) + 1
         cast_dtype = clip.transformer.get_cast_dtype()
-        x = clip.token_embedding(tokens).to(cast_dtype)
-        x = x + clip.positional_embedding[:tokens.shape[1]].to(cast_dtype)
-        x = clip.transformer(x, attn_mask=clip.attn_mask[:tokens.shape[1], :tokens.shape[1]])
-        x = text_global_pool(clip.ln_final(x), tokens, clip.text_pool_type,
-                             eos_token_id=getattr(clip, "text_eos_id", None))
+        x = clip.token_embedding(tokens[:, :length]).to(cast_dtype)
+        x = x + clip.positional_embedding[:length].to(cast_dtype)
+        x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
+        x = clip.ln_final(x)[torch.arange(x.shape[0], device=x.device), pooled_at]
         if isinstance(clip.text_projection, nn.Linear):
             return clip.text_projection(x)
         return x if clip.text_projection is None else x @ clip.text_projection

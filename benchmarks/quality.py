@@ -139,8 +139,9 @@ def id_loss_trainer():
         @classmethod
         def build_model(cls, cfg):
             model = super().build_model(cfg)
-            classifier = nn.Linear(model.text_encoder.output_dim, cfg.DATASETS.SYNTHETIC.NUM_TRAIN_IDS,
-                                   bias=False).to(model.device)
+            classifier = nn.Linear(model.text_encoder.output_dim,
+                                   cfg.DATASETS.SYNTHETIC.NUM_TRAIN_IDS, bias=False)
+            classifier = classifier.to(model.device)
             model.heads["id_classifier"] = classifier
             scale = 1.0 / cfg.MODEL.CPCL.PROTO_TEMPERATURE  # features are unit vectors
             instance_losses = model.instance_losses

@@ -38,7 +38,8 @@ def test_presets_are_the_configs_choices():
 
 
 @pytest.mark.parametrize("preset, words, captions, views", [
-    ("cuhk", (20, 28), 2, (2.6, 3.6)), ("icfg", (30, 42), 1, (10, 12)), ("rstp", (22, 30), 2, (5, 5))])
+    ("cuhk", (20, 28), 2, (2.6, 3.6)), ("icfg", (30, 42), 1, (10, 12)),
+    ("rstp", (22, 30), 2, (5, 5))])
 def test_presets_have_the_real_datasets_shape(worlds, preset, words, captions, views):
     stats = dataset_statistics(worlds[preset][0])
     assert words[0] <= stats["words_per_caption"] <= words[1]
@@ -124,7 +125,8 @@ def test_caption_ceiling_counts_ties_among_lookalikes(tmp_path):
                                                     "blue"]]]} for k, v in seen.items()}}
     records = [SimpleNamespace(image_path=str(tmp_path / f"{k}.jpg"), pid=pids[k]) for k in seen]
     # a and b tie (each found first half of the time), c is unique
-    assert caption_ceiling(records, world, str(tmp_path)) == pytest.approx(100 * (0.5 + 0.5 + 1) / 3)
+    expected = 100 * (0.5 + 0.5 + 1) / 3
+    assert caption_ceiling(records, world, str(tmp_path)) == pytest.approx(expected)
 
 
 def test_statistics_of_a_dataset_without_ground_truth_read_the_captions(tmp_path, worlds):

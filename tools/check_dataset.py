@@ -11,8 +11,8 @@ It runs the checks training runs first (annotation file, JSON, keys, splits, cap
 image exists and belongs to one split); `--decode` also reads every image as training does (8-bit
 RGB, `load_image`), which finds corrupt files and images that cannot be converted but takes
 minutes on a full dataset. `--stats` prints what its captions and views look like beside the real
-datasets' published figures (cpcl_plugin/data/statistics.py). Exit status 0 when the dataset is fine, 2 with one sentence when it is
-not.
+datasets' published figures (cpcl_plugin/data/statistics.py). Exit status 0 when the dataset is
+fine, 2 with one sentence when it is not.
 """
 import argparse
 import os

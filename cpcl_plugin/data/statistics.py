@@ -191,7 +191,8 @@ def caption_ceiling(records, world, image_root):
 def dataset_statistics(dataset):
     """{statistic: value} (keys of STATISTICS) over every split of a `TextImageDataset`; the
     invisible statements and the ceiling need the ground truth of a synthetic preset world (None
-    elsewhere), the rest work on any dataset. Also returns "attributes_from": "ground truth" or "caption text"."""
+    elsewhere), the rest work on any dataset. Also returns "attributes_from": "ground truth" or
+    "caption text"."""
     records_by_split = dataset.records
     world = load_world(dataset.annotation_path)
     image_root = os.path.join(os.path.dirname(dataset.annotation_path), dataset.image_dir)

@@ -27,6 +27,8 @@ from collections import defaultdict
 import numpy as np
 from tabulate import tabulate
 
+from .world import COARSE
+
 __all__ = ["REAL_FIGURES", "STATISTICS", "caption_words", "text_mentions", "load_world",
            "dataset_statistics", "caption_ceiling", "statistics_table"]
 
@@ -119,23 +121,19 @@ def _caption_mentions(records, world, image_root):
 
 
 def _coarse_look(person):
-    """What captions can say of a synthetic person (colours of absent items left out)."""
-    from_world = {k: person[k] for k in ("gender", "hair_long", "hair_color", "hat", "upper",
-                                         "upper_color", "lower", "lower_color", "shoes_color",
-                                         "bag")}
-    if person["hat"]:
-        from_world["hat_color"] = person["hat_color"]
-    if person["bag"]:
-        from_world["bag_color"] = person["bag_color"]
-    return json.dumps(from_world, sort_keys=True)
+    """What captions can say of a synthetic person (world.COARSE; the colour of a hat or a bag
+    the person does not have is left out)."""
+    absent = {"hat_color"} if not person["hat"] else set()
+    absent |= {"bag_color"} if not person["bag"] else set()
+    return json.dumps({k: person[k] for k in COARSE if k not in absent}, sort_keys=True)
 
 
-def _lookalike_rate(records, mentions, world):
+def _lookalike_rate(records, splits, mentions, world):
     """Share of people with a lookalike in their split: from the ground truth's coarse attributes,
     or (without one) from the attributes stated by at least half of each person's captions."""
     by_split = defaultdict(dict)
-    for r, per_caption in zip(records, mentions):
-        by_split[r.split_name].setdefault(r.pid, []).extend(per_caption)
+    for r, split, per_caption in zip(records, splits, mentions):
+        by_split[split].setdefault(r.pid, []).extend(per_caption)
     with_twin = total = 0
     for people in by_split.values():
         looks = {}
@@ -196,7 +194,8 @@ def dataset_statistics(dataset):
     records_by_split = dataset.records
     world = load_world(dataset.annotation_path)
     image_root = os.path.join(os.path.dirname(dataset.annotation_path), dataset.image_dir)
-    records = [_Split(r, name) for name, recs in records_by_split.items() for r in recs]
+    records = [r for recs in records_by_split.values() for r in recs]
+    splits = [name for name, recs in records_by_split.items() for _ in recs]
     captions = [c for r in records for c in r.captions]
     words = [caption_words(c) for c in captions]
     mentions = _caption_mentions(records, world, image_root)
@@ -226,20 +225,12 @@ def dataset_statistics(dataset):
         "no_shared_attribute": disjoint / max(pairs, 1),
         "gender_named": float(np.mean([any(GENDER_WORDS["woman"].union(GENDER_WORDS["man"])
                                            .intersection(w)) for w in words])) if words else 0.0,
-        "lookalike_rate": _lookalike_rate(records, mentions, world),
+        "lookalike_rate": _lookalike_rate(records, splits, mentions, world),
         "invisible_named": invisible,
         "caption_ceiling_R1": (caption_ceiling(test, world, image_root)
                                if world is not None and test else None),
         "attributes_from": "ground truth" if world is not None else "caption text",
     }
-
-
-class _Split:
-    """An ImageRecord with the name of its split."""
-
-    def __init__(self, record, split_name):
-        self.image_path, self.pid, self.captions = record.image_path, record.pid, record.captions
-        self.split_name = split_name
 
 
 def statistics_table(name, stats):

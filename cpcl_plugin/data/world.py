@@ -43,7 +43,7 @@ PRESETS = {
     "rstp": dict(views=((5, 1.0),), captions_per_image=2, cameras=15, style="short"),
 }
 # Bump when the drawing or the wording of the preset worlds changes (cached sets are redrawn).
-WORLD_VERSION = "1"
+WORLD_VERSION = "2"
 # Share of people drawn as the lookalike of an earlier person of the same split who has none yet
 # (lookalikes come in pairs, as chance makes them; about twice this share has one).
 LOOKALIKE_SHARE = 0.2
@@ -313,7 +313,12 @@ def _join(items):
 # -- cameras and drawing --------------------------------------------------------------------------
 
 def make_cameras(count, rng):
-    """`count` cameras, each with its own background, floor, structures, light and colour cast."""
+    """`count` cameras, each with its own background, floor, structures, light, colour cast and
+    resolution. CUHK-PEDES pools five re-id sets (CUHK03, Market-1501, SSM, VIPeR, CUHK01) whose
+    cameras differ this much: dim and bright, tinted, and sharp or upscaled from far smaller crops
+    (VIPeR's are 128x48), so a third of the cameras here see at half and a third at three-quarters
+    of the image size (WORLD_VERSION 2; version 1's cameras differed too little for identity labels
+    to teach anything beyond the captions, docs/benchmarks.md)."""
     cameras = []
     for _ in range(count):
         outdoor = bool(rng.random() < 0.6)
@@ -325,9 +330,10 @@ def make_cameras(count, rng):
             "floor_y": float(rng.uniform(90, 118)),
             "structures": [[float(rng.uniform(0, 64)), float(rng.uniform(3, 14)),
                             float(rng.uniform(40, 200))] for _ in range(int(rng.integers(0, 4)))],
-            "light": float(rng.uniform(0.6, 1.25) if outdoor else rng.uniform(0.7, 1.05)),
-            "cast": [float(c) for c in rng.uniform(0.88, 1.12, size=3)],
-            "noise": float(rng.uniform(3, 10)),
+            "light": float(rng.uniform(0.45, 1.35) if outdoor else rng.uniform(0.55, 1.1)),
+            "cast": [float(c) for c in rng.uniform(0.8, 1.2, size=3)],
+            "noise": float(rng.uniform(3, 14)),
+            "resolution": float(rng.choice([1.0, 0.75, 0.5])),
             "blur": float(rng.uniform(0.0, 0.6)),
             "side_views": float(rng.uniform(0.15, 0.45)),
         })
@@ -360,9 +366,9 @@ def render_view(person, view, hidden, camera, rng, size):
     for x, w, g in camera["structures"]:  # poles, doors, windows: fixed per camera
         draw.rectangle([x, 0, x + w, fy], fill=(int(g), int(g * 0.97), int(g * 0.93)))
 
-    s = rng.uniform(0.78, 1.0)
+    s = rng.uniform(0.65, 1.0)
     bw, bh = person["build"]
-    cx = cw / 2 + rng.uniform(-5, 5)
+    cx = cw / 2 + rng.uniform(-8, 8)
     top = rng.uniform(2, 8) + (1 - s) * 40
 
     def Y(v):
@@ -509,7 +515,10 @@ def render_view(person, view, hidden, camera, rng, size):
     if rng.random() < camera["blur"]:
         out = out.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.0))))
     H, W = size
-    if (H, W) != (ch, cw):
+    if camera["resolution"] < 1:  # a low-resolution camera: detail lost, then upscaled
+        small = (max(1, int(W * camera["resolution"])), max(1, int(H * camera["resolution"])))
+        out = out.resize(small, Image.BILINEAR)
+    if out.size != (W, H):
         out = out.resize((W, H), Image.BILINEAR)
     return out
 

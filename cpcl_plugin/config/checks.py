@@ -198,7 +198,8 @@ def config_problems(cfg):
     if cfg.TEST.FLIP.ENABLED:
         problems.append("TEST.FLIP.ENABLED is not supported for text-to-image retrieval "
                         "(captions cannot be flipped); set it to False.")
-    if cfg.PSEUDO.NUM_INSTANCES >= 1 and cfg.SOLVER.IMS_PER_BATCH % cfg.PSEUDO.NUM_INSTANCES:
+    if (cfg.PSEUDO.PK_BATCHES and cfg.PSEUDO.NUM_INSTANCES >= 1
+            and cfg.SOLVER.IMS_PER_BATCH % cfg.PSEUDO.NUM_INSTANCES):
         problems.append(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} must be a multiple of "
                         f"PSEUDO.NUM_INSTANCES {cfg.PSEUDO.NUM_INSTANCES} (P x K batches).")
     if cfg.PSEUDO.K2 > cfg.PSEUDO.K1 >= 1:

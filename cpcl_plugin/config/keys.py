@@ -100,6 +100,9 @@ def add_cpcl_config(cfg):
     _C.PSEUDO.IVF.NPROBE = 8
     # Training rows per cell for the k-means (a random sample of that many per cell).
     _C.PSEUDO.IVF.TRAIN_PER_LIST = 64
+    # Batches of P pseudo identities x K pairs (CPCL's sampling); False keeps shuffled batches, as
+    # IRRA's default sampler does, while the labels still reach the memory and the losses.
+    _C.PSEUDO.PK_BATCHES = True
     # Samples per pseudo identity in a P x K batch (P = IMS_PER_BATCH / K).
     _C.PSEUDO.NUM_INSTANCES = 4
     # What batches do with pairs whose image is a clustering outlier: "drop" or "singleton".

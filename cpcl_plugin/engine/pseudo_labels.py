@@ -236,7 +236,7 @@ class PseudoLabelHook(HookBase):
                                         comm.get_rank(), comm.get_world_size()))
         pair_a = y_v[train_set.pair_image]
         train_set.set_pseudo_labels(pair_a, y_t)
-        sampler.set_labels(pair_a)
+        sampler.set_labels(pair_a if self.cfg.PSEUDO.PK_BATCHES else None)
 
     def after_epoch(self):
         memory = unwrap(self.trainer.model).memory

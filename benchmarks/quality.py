@@ -72,6 +72,11 @@ CHECKS = {
     "itc_id": ("ITC + ID loss on true identities",
                ["MODEL.CPCL.INTRA_WEIGHT", "0.0", "MODEL.CPCL.CROSS_WEIGHT", "0.0",
                 "PSEUDO.PK_BATCHES", "False"]),
+    # The oracle's loss with every image its own identity: what SDM's form alone gives, to tell
+    # it from what the identity labels add (in shuffled batches a person rarely meets themself).
+    "sdm_images": ("ITC + SDM, every image its own identity (no identity labels)",
+                   ["MODEL.CPCL.SDM_WEIGHT", "1.0", "MODEL.CPCL.INTRA_WEIGHT", "0.0",
+                    "MODEL.CPCL.CROSS_WEIGHT", "0.0", "PSEUDO.PK_BATCHES", "False"]),
 }
 # Diagnosis (--rows ... or `make bench-diagnosis`): one suspect changed at a time.
 DIAGNOSIS = {
@@ -96,6 +101,8 @@ MAIN_ROWS = list(ROWS)
 ROWS.update(DIAGNOSIS)
 ROWS.update(CHECKS)
 TRUE_LABEL_ROWS = ("true_cpcl", "oracle", "true_cpcl_no_t2t", "itc_id", "oracle_pk", "itc_pk")
+# Rows whose labels do not come from clustering (no pseudo-label quality to report).
+FIXED_LABEL_ROWS = TRUE_LABEL_ROWS + ("sdm_images",)
 # What a row is, short enough for a plot's axis (the tables use ROWS' longer descriptions).
 PLOT_LABELS = {
     "zeroshot": "zero-shot", "itc": "ITC only\n(baseline)", "pmm": "+ PMM", "hcm": "+ HCM",
@@ -106,6 +113,7 @@ PLOT_LABELS = {
     "full_tau": "full CPCL,\ntemperature 0.1", "full_sdm": "full CPCL\n+ SDM",
     "full_k8": "full CPCL,\nK = 8", "full_late": "ITC 3 epochs,\nthen full CPCL",
     "itc_id": "ITC + ID loss\non true ids",
+    "sdm_images": "ITC + SDM, each\nimage alone",
     "oracle_pk": "ITC + SDM on true\nids, P x K", "itc_pk": "ITC, P x K over\ntrue ids",
 }
 
@@ -134,6 +142,20 @@ def true_identity_clustering(hook):
                  "text_recovered": 0}
         return image_labels, text_labels, stats
     hook._cluster = true_identities
+
+
+def image_identity_clustering(hook):
+    """Replace the hook's clustering by labels that make every image its own identity and give
+    each caption its image's label: SDM's form without any identity information (the sdm_images
+    row; reads no identity label)."""
+    def every_image_alone(image_f, text_f, pair_image, image_valid, neighbours):
+        image_labels = np.arange(len(image_f))
+        n = len(image_labels)
+        stats = {"skipped_images": 0, "image_clusters": n, "image_outliers": 0,
+                 "text_clusters": n, "text_outliers": 0, "image_recovered": 0,
+                 "text_recovered": 0}
+        return image_labels, image_labels[np.asarray(pair_image)], stats
+    hook._cluster = every_image_alone
 
 
 def id_loss_trainer():
@@ -229,6 +251,8 @@ def run_one(row, seed, data_root, output_dir, data_seed, extra_opts):
         trainer = (id_loss_trainer() if row == "itc_id" else CPCLTrainer)(cfg)
         if row in TRUE_LABEL_ROWS:
             true_identity_clustering(trainer.pseudo_label_hook)
+        if row == "sdm_images":
+            image_identity_clustering(trainer.pseudo_label_hook)
         if row == "itc":
             trainer.register_hooks([feature_clustering_monitor(cfg, history)])
         trainer.resume_or_load(resume=False)
@@ -388,7 +412,7 @@ def pseudo_label_table(results, rows, seeds, data_seed):
              "caption labels, first | caption labels, last |", "|---|---|---|---|---|---|"]
     for row in rows:
         runs = [results[(row, data_seed, s)] for s in seeds]
-        if not runs[0]["history"] or row in TRUE_LABEL_ROWS:
+        if not runs[0]["history"] or row in FIXED_LABEL_ROWS:
             continue
         cells = [_quality_cell([_quality_at(r, which, modality) for r in runs])
                  for modality in ("image", "text") for which in ("first", "last")]
@@ -521,7 +545,7 @@ def ari_plot(results, rows, seeds, data_seed, path):
     for ax, modality, title in zip(axes, ("image", "text"), ("image labels", "caption labels")):
         for row in rows:
             runs = [results[(row, data_seed, s)] for s in seeds]
-            if row in TRUE_LABEL_ROWS or not runs[0]["history"]:
+            if row in FIXED_LABEL_ROWS or not runs[0]["history"]:
                 continue
             epochs = [h["epoch"] for h in runs[0]["history"]]
             ari = np.array([[h[modality]["ari"] for h in r["history"]] for r in runs])

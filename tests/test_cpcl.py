@@ -331,6 +331,24 @@ def test_training_ignores_identity_labels(tiny_cfg, monkeypatch):
     assert digest == digest2 and np.array_equal(labels, labels2)
 
 
+@pytest.mark.parametrize("pk_batches", [True, False])
+def test_pseudo_labels_choose_the_batches_only_under_pk_batches(tiny_cfg, pk_batches):
+    """PSEUDO.PK_BATCHES False (IRRA's shuffled batches) keeps the sampler shuffled while the
+    labels still reach the memory and the training set's batches."""
+    from fastreid.utils.events import EventStorage
+    trainer = CPCLTrainer(tiny_cfg("PSEUDO.START_EPOCH", "0", "PSEUDO.EPS", "0.9",
+                                   "PSEUDO.MIN_SAMPLES", "2", "PSEUDO.PK_BATCHES", str(pk_batches)))
+    with EventStorage(0) as trainer.storage:
+        trainer.epoch = trainer.iter = 0
+        trainer.pseudo_label_hook.trainer = trainer
+        trainer.pseudo_label_hook.before_epoch()
+        batch = trainer._next_batch()
+    sampler = trainer.data_loader.batch_sampler.sampler
+    assert trainer.model.memory.ready and (trainer.pseudo_label_hook.image_labels >= 0).any()
+    assert (sampler.labels is not None) == pk_batches
+    assert "image_labels" in batch and "text_labels" in batch
+
+
 @pytest.mark.parametrize("opts, expect_prototypes", [
     (["PSEUDO.MIN_SAMPLES", "1000", "PSEUDO.OPLM.ENABLED", "False"], False),  # all outliers
     (["PSEUDO.EPS", "0.999", "PSEUDO.MIN_SAMPLES", "1"], True),               # one big cluster

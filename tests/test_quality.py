@@ -47,3 +47,27 @@ def test_the_ablation_by_default_leaves_the_diagnosis_rows_to_be_asked_for():
     assert quality.MAIN_ROWS == ["zeroshot", "itc", "pmm", "hcm", "full", "true_cpcl", "oracle"]
     assert not set(quality.MAIN_ROWS) & set(quality.DIAGNOSIS)
     assert set(quality.DIAGNOSIS) <= set(quality.ROWS)
+
+
+def _criteria(r1_by_row):
+    """validity() on three training seeds of data seed 0 with a cuhk-like target's statistics."""
+    results = {(row, 0, s): {"Rank-1": r1} for row, r1s in r1_by_row.items()
+               for s, r1 in enumerate(r1s)}
+    stats = dict(caption_ceiling_R1=83.0, chance_R1=1.1, preset="cuhk", captions_per_image=2.0,
+                 words_per_caption=24.4, gender_named=0.99, no_shared_attribute=0.0,
+                 invisible_named=0.0)
+    return {c[0][:4]: c for c in quality.validity(results, [0, 1, 2], 0, stats, [])}
+
+
+def test_validity_criteria_judge_the_identity_gain_against_its_own_batches():
+    criteria = _criteria({"zeroshot": [9.7] * 3, "itc": [56.0, 57.5, 55.0],
+                          "oracle": [54.5, 55.0, 56.0], "itc_pk": [46.0, 47.0, 45.5],
+                          "oracle_pk": [50.0, 51.5, 50.5]})
+    assert criteria["(a) "][2] and criteria["(b) "][2]
+    assert not criteria["(c) "][2]  # shuffled batches: no gain over ITC
+    # P x K batches: +4.5 R1 = 8.4% of 53.8, far above the seeds' spread.
+    assert criteria["(c')"][2] and "+4.50 R1 = 8.4%" in criteria["(c')"][1]
+    assert "(d) " not in criteria  # no itc_id row, no (d)
+    # A gain inside the range but within the seeds' noise does not hold.
+    noisy = _criteria({"itc_pk": [40.0, 46.0, 52.0], "oracle_pk": [44.0, 50.0, 57.0]})
+    assert not noisy["(c')"][2] and "(a) " not in noisy

@@ -26,8 +26,9 @@ test: install
 	$(PY) -m pytest -q tests -n 2 --dist loadfile --durations=15
 
 # Every benchmark but the diagnosis and scale runs; rewrites docs/benchmarks.md and docs/img/.
-# About 85 minutes on two cores on the plain world; on the cuhk target (issue 20) each training
-# run takes about 8.5 minutes, two at a time: the quality section alone is about 2.5 hours.
+# About 85 minutes on two cores on the plain world; on the cuhk target of world v2 (issue 20) each
+# training run takes 11-15 minutes, two at a time, and the quality section has 39 of them (9 rows
+# x 3 seeds, 3 rows x 2 seeds on 2 held-out data seeds): about 4.5 hours, not yet cut to fit.
 bench: install
 	$(PY) benchmarks/run_all.py
 

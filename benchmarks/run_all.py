@@ -50,7 +50,8 @@ BENCHMARKS = [
     ("dataset_validation", "Dataset validation", ["benchmarks/dataset_validation.py"], None,
      "Loading and validating a CUHK-PEDES-sized annotation file, image existence included."),
     ("quality", "Quality: the CPCL ablation on the synthetic dataset",
-     ["benchmarks/quality.py", "--rows", *MAIN_ROWS, "itc_id", "--plot", "docs/img/ablation.png",
+     ["benchmarks/quality.py", "--rows", *MAIN_ROWS, "itc_id", "itc_pk", "oracle_pk",
+      "--plot", "docs/img/ablation.png",
       "--ari-plot", "docs/img/pseudo_label_ari.png", "--held-out", "2", "3",
       "--held-out-rows", "itc", "full", "oracle"], ["ablation.png", "pseudo_label_ari.png"],
      "Does each part of CPCL help, and how far is it from training on the true identities? "

@@ -32,7 +32,7 @@ test: install
 bench: install
 	$(PY) benchmarks/run_all.py
 
-# The diagnosis runs (about 40 minutes); rewrites their section of docs/benchmarks.md.
+# The diagnosis runs (16 training runs, about 1.5-2 hours on world v2); rewrites their section of docs/benchmarks.md.
 bench-diagnosis: install
 	$(PY) benchmarks/run_all.py --only diagnosis
 

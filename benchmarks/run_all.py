@@ -1,6 +1,6 @@
 """Run every benchmark and write docs/benchmarks.md with what each printed (`make bench`).
 
-    python benchmarks/run_all.py                    # all but diagnosis and scale: 85 minutes, 2 cores
+    python benchmarks/run_all.py                    # all but diagnosis and scale (Makefile: time)
     python benchmarks/run_all.py --only evaluation throughput
     python benchmarks/run_all.py --only diagnosis   # one suspect at a time (`make bench-diagnosis`)
     python benchmarks/run_all.py --only scale       # 68k and 1M rows (`make bench-scale`)
@@ -66,7 +66,7 @@ BENCHMARKS = [
       "full_tau", "full_sdm", "full_k8", "full_late", "--seeds", "0", "1"], None,
      "Full CPCL with one suspect changed at a time, on the quality benchmark's target (data seed "
      "0), training seeds 0 and 1 (ITC and the true-identity rows: the quality section above, "
-     "same target and schedule). Not part of `make bench` (about 40 minutes): "
+     "same target and schedule). Not part of `make bench` (16 runs, about 1.5-2 hours): "
      "`make bench-diagnosis`."),
 ]
 # Run only when named with --only (too long for `make bench`); their sections are kept otherwise.

@@ -71,6 +71,15 @@ def test_every_problem_is_reported_at_once_with_its_range():
     assert "PSEUDO.K2 40 exceeds PSEUDO.K1 30" in _error("PSEUDO.K1", "30", "PSEUDO.K2", "40")
 
 
+def test_batches_split_into_identities_only_under_pk_batches():
+    assert "must be a multiple of PSEUDO.NUM_INSTANCES 4" in _error(
+        "SOLVER.IMS_PER_BATCH", "6", "PSEUDO.NUM_INSTANCES", "4")
+    # Shuffled batches (PSEUDO.PK_BATCHES False) do not split a batch into identities.
+    cfg = load_config(TINY, ["SOLVER.IMS_PER_BATCH", "6", "PSEUDO.NUM_INSTANCES", "4",
+                             "PSEUDO.PK_BATCHES", "False"])
+    assert cfg.SOLVER.IMS_PER_BATCH == 6 and not cfg.PSEUDO.PK_BATCHES
+
+
 def test_an_integer_is_accepted_where_a_float_is_declared(tmp_path):
     config = tmp_path / "ints.yml"
     config.write_text(f"_BASE_: {TINY}\nPSEUDO:\n  OPLM:\n    THRESHOLD: 0\n"

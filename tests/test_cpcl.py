@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from cpcl_plugin import CPCLTrainer
 from cpcl_plugin.clustering import cooccurrence, mine_outliers, pseudo_label_quality
-from cpcl_plugin.data import PseudoIdentitySampler
+from cpcl_plugin.data import EpochPairSampler, PseudoIdentitySampler
 from cpcl_plugin.modeling import (PrototypeMemory, cross_prototype_loss, intra_prototype_loss,
                                   momentum_update, sdm_loss)
 
@@ -345,8 +345,12 @@ def test_pseudo_labels_choose_the_batches_only_under_pk_batches(tiny_cfg, pk_bat
         batch = trainer._next_batch()
     sampler = trainer.data_loader.batch_sampler.sampler
     assert trainer.model.memory.ready and (trainer.pseudo_label_hook.image_labels >= 0).any()
-    assert (sampler.labels is not None) == pk_batches
     assert "image_labels" in batch and "text_labels" in batch
+    # The epoch's order is the shuffled pass exactly when P x K batches are off.
+    shuffled = EpochPairSampler(len(trainer.data_loader.dataset), sampler.batch_size_per_rank,
+                                sampler.seed)
+    shuffled.set_epoch(sampler.epoch)
+    assert (list(sampler) == list(shuffled)) != pk_batches
 
 
 @pytest.mark.parametrize("opts, expect_prototypes", [

@@ -14,8 +14,8 @@ from cpcl_plugin import ConfigError, load_config
 from cpcl_plugin.config import CHOICES
 from cpcl_plugin.data import CUHKPEDES, SyntheticSpec, generate_synthetic_dataset
 from cpcl_plugin.data.statistics import caption_ceiling, dataset_statistics, text_mentions
-from cpcl_plugin.data.world import (COARSE, PRESETS, sample_person, visible_attributes,
-                                    write_caption)
+from cpcl_plugin.data.world import (COARSE, PRESETS, make_cameras, render_view, sample_person,
+                                    visible_attributes, write_caption)
 
 SMALL = dict(num_train_ids=60, num_test_ids=30, image_size=(32, 16))
 
@@ -174,3 +174,20 @@ def test_check_dataset_prints_a_preset_worlds_statistics_and_ceiling(worlds, cap
     ceiling = next(line for line in out.splitlines() if line.startswith("| caption ceiling"))
     assert 50 <= float(ceiling.split("|")[2]) <= 100
     assert "read from the ground truth" in out
+
+
+def test_low_resolution_cameras_lose_detail_and_keep_the_image_size():
+    """World v2's cameras see at full, three-quarter or half resolution (then upscaled): the image
+    keeps the requested size and loses fine detail (less energy between neighbouring pixels)."""
+    cameras = make_cameras(60, np.random.default_rng(0))
+    assert {c["resolution"] for c in cameras} == {1.0, 0.75, 0.5}
+    person = sample_person(np.random.default_rng(1))
+
+    def detail(resolution):
+        camera = dict(cameras[0], resolution=resolution, blur=0.0)
+        image = render_view(person, "front", (), camera, np.random.default_rng(2), (128, 64))
+        assert image.size == (64, 128)
+        pixels = np.asarray(image, dtype=np.float64)
+        return np.abs(np.diff(pixels, axis=1)).mean() + np.abs(np.diff(pixels, axis=0)).mean()
+    sharp, three_quarters, half = detail(1.0), detail(0.75), detail(0.5)
+    assert sharp > three_quarters > half

@@ -103,9 +103,10 @@ def add_cpcl_config(cfg):
     # Batches of P pseudo identities x K pairs (CPCL's sampling); False keeps shuffled batches, as
     # IRRA's default sampler does, while the labels still reach the memory and the losses.
     _C.PSEUDO.PK_BATCHES = True
-    # Samples per pseudo identity in a P x K batch (P = IMS_PER_BATCH / K).
+    # Samples per pseudo identity in a P x K batch (P = IMS_PER_BATCH / K; unused without them).
     _C.PSEUDO.NUM_INSTANCES = 4
-    # What batches do with pairs whose image is a clustering outlier: "drop" or "singleton".
+    # What P x K batches do with pairs whose image is a clustering outlier: "drop" or "singleton"
+    # (shuffled batches keep every pair).
     _C.PSEUDO.OUTLIERS = "singleton"
     # Images and captions per forward pass when features are extracted for clustering.
     _C.PSEUDO.BATCH_SIZE = 256

@@ -14,8 +14,9 @@ difficulty comes from, the world has it too:
   colours are wrong (a neighbouring colour). A caption names only what its image shows: from the
   front a backpack is its straps, a logo is not seen from the back, glasses not from behind, shoes
   not below a crop or an occluder.
-- Each camera has its own background, floor, light and colour cast; a person's images come from
-  different cameras, in front, back and side views, with varying scale, crop, pose and occlusion.
+- Each camera has its own background, floor, light, colour cast, noise and resolution; a person's
+  images come from different cameras, in front, back and side views, with varying scale, crop,
+  pose and occlusion.
 
 The generator records its ground truth in `world.json` beside `reid_raw.json`: each person's
 attributes, and per image its camera, view, what is visible and what each caption states. Training
@@ -316,9 +317,8 @@ def make_cameras(count, rng):
     """`count` cameras, each with its own background, floor, structures, light, colour cast and
     resolution. CUHK-PEDES pools five re-id sets (CUHK03, Market-1501, SSM, VIPeR, CUHK01) whose
     cameras differ this much: dim and bright, tinted, and sharp or upscaled from far smaller crops
-    (VIPeR's are 128x48), so a third of the cameras here see at half and a third at three-quarters
-    of the image size (WORLD_VERSION 2; version 1's cameras differed too little for identity labels
-    to teach anything beyond the captions, docs/benchmarks.md)."""
+    (VIPeR's are 128x48), so each camera here sees at full size, three-quarters or half of it,
+    drawn at random (WORLD_VERSION 2; version 1's cameras differed less than those sets' do)."""
     cameras = []
     for _ in range(count):
         outdoor = bool(rng.random() < 0.6)

@@ -4,7 +4,8 @@ Before each epoch from PSEUDO.START_EPOCH: features of every unique training ima
 caption, in eval mode with test transforms, in dataset-index order -> k nearest neighbours per
 modality, each rank searching its share of the rows (gathered on rank 0) -> Jaccard distance and
 DBSCAN per modality (rank 0) -> OPLM -> labels sent to every rank -> prototype memory rebuilt ->
-labels handed to the training set and (under PSEUDO.PK_BATCHES) the P x K sampler. The model is back in train mode afterwards (inference_on_dataset).
+labels handed to the training set and (under PSEUDO.PK_BATCHES) the P x K sampler. The model is
+back in train mode afterwards (inference_on_dataset).
 
 Built to scale to a million pairs: features are collected in float16 (every rank holds all of
 them), each rank sums only its share of the rows into the prototypes (one all-reduce combines the

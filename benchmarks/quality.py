@@ -18,8 +18,9 @@ only the losses and the source of the labels change:
 - oracle: the supervised upper bound: ITC + SDM (IRRA's similarity distribution matching) on the
   true identities, the fully supervised objective of the field, without prototype losses, in
   shuffled batches as IRRA trains it (PSEUDO.PK_BATCHES False).
-The last two rows READ IDENTITY LABELS FOR TRAINING, on purpose, and only here: they replace the
-pseudo-label hook's clustering inside this script.
+The last two rows, and the checks itc_id, itc_pk and oracle_pk, READ IDENTITY LABELS FOR
+TRAINING, on purpose, and only here: they replace the pseudo-label hook's clustering inside this
+script (the check sdm_images replaces it by one label per image, reading no identity).
 
 `--data-seed S` generates the target dataset from seed S (DATASETS.SYNTHETIC.SEED); the pretraining
 corpus stays the same. `--seeds` are training seeds (sampling, augmentation, new layers). Each
@@ -197,7 +198,7 @@ def id_loss_trainer():
 def feature_clustering_monitor(cfg, history):
     """A hook (the itc row): before the first, every fourth and the last epoch, cluster the
     training features as the pseudo-label pass would, and append their quality against the
-    identities to `history` (every epoch would add a third to the row's time). MONITORING ONLY:
+    identities to `history` (each clustering adds to the row's time). MONITORING ONLY:
     no label or loss of the training comes from it (its loader does draw from torch's random
     generator, and its time counts in the row's minutes)."""
     from fastreid.engine.train_loop import HookBase
@@ -321,7 +322,7 @@ def validity(results, seeds, data_seed, stats, itc_history):
     rows zeroshot, itc, oracle and itc_id and the target's statistics, and the proposed (c') from
     the rows itc_pk and oracle_pk: [(criterion, measured, holds)]; rows missing from `results`
     leave their criteria out. (c') holds the batches equal: in shuffled batches a person rarely
-    meets their other views (about 3% of rows here, under 1% in IRRA's on CUHK-PEDES), so SDM
+    meets their other views (about 3% of rows here, under 1% of IRRA's on CUHK-PEDES), so SDM
     there measures its loss's form more than the identities (docs/benchmarks.md). Criteria are
     fixed before any CPCL row is looked at: a world that fails one cannot answer whether CPCL
     helps."""

@@ -104,7 +104,8 @@ MAIN_ROWS = list(ROWS)
 ROWS.update(DIAGNOSIS)
 ROWS.update(CHECKS)
 TRUE_LABEL_ROWS = ("true_cpcl", "oracle", "true_cpcl_no_t2t", "itc_id", "oracle_pk", "itc_pk")
-# Rows whose labels do not come from clustering (no pseudo-label quality to report).
+# Rows whose labels do not come from clustering (no pseudo-label quality to report), and where
+# their labels come from (functions below).
 FIXED_LABEL_ROWS = TRUE_LABEL_ROWS + ("sdm_images",)
 # What a row is, short enough for a plot's axis (the tables use ROWS' longer descriptions).
 PLOT_LABELS = {
@@ -132,33 +133,32 @@ METRICS = ("Rank-1", "Rank-5", "Rank-10", "mAP", "mINP")
 ZERO_SHOT_SEED = 0
 
 
-def true_identity_clustering(hook):
-    """Replace the hook's clustering by the true identities (the true-label rows only)."""
-    def true_identities(image_f, text_f, pair_image, image_valid, neighbours):
-        # Same arguments as PseudoLabelHook._cluster; the neighbour lists go unused.
-        image_ids, caption_ids = hook._monitoring_identities()
-        _, image_labels = np.unique(image_ids, return_inverse=True)
-        _, text_labels = np.unique(caption_ids, return_inverse=True)
+def true_identity_labels(hook, pair_image):
+    """(image labels, caption labels) of the true identities (the true-label rows only)."""
+    image_ids, caption_ids = hook._monitoring_identities()
+    return (np.unique(image_ids, return_inverse=True)[1],
+            np.unique(caption_ids, return_inverse=True)[1])
+
+
+def one_label_per_image(hook, pair_image):
+    """Every image its own identity, each caption its image's label: SDM's form without any
+    identity information (the sdm_images row; reads no identity label)."""
+    image_labels = np.arange(len(hook.trainer.data_loader.dataset.image_paths))
+    return image_labels, image_labels[np.asarray(pair_image)]
+
+
+def replace_clustering(hook, labels_of):
+    """Replace the hook's clustering by the fixed labels `labels_of(hook, pair_image)` gives,
+    with no outliers."""
+    def fixed_labels(image_f, text_f, pair_image, image_valid, neighbours):
+        # Same arguments as PseudoLabelHook._cluster; only the pairs' images are used.
+        image_labels, text_labels = labels_of(hook, pair_image)
         n = int(image_labels.max()) + 1
         stats = {"skipped_images": 0, "image_clusters": n, "image_outliers": 0,
-                 "text_clusters": n, "text_outliers": 0, "image_recovered": 0,
-                 "text_recovered": 0}
+                 "text_clusters": int(text_labels.max()) + 1, "text_outliers": 0,
+                 "image_recovered": 0, "text_recovered": 0}
         return image_labels, text_labels, stats
-    hook._cluster = true_identities
-
-
-def image_identity_clustering(hook):
-    """Replace the hook's clustering by labels that make every image its own identity and give
-    each caption its image's label: SDM's form without any identity information (the sdm_images
-    row; reads no identity label)."""
-    def every_image_alone(image_f, text_f, pair_image, image_valid, neighbours):
-        image_labels = np.arange(len(image_f))
-        n = len(image_labels)
-        stats = {"skipped_images": 0, "image_clusters": n, "image_outliers": 0,
-                 "text_clusters": n, "text_outliers": 0, "image_recovered": 0,
-                 "text_recovered": 0}
-        return image_labels, image_labels[np.asarray(pair_image)], stats
-    hook._cluster = every_image_alone
+    hook._cluster = fixed_labels
 
 
 def id_loss_trainer():
@@ -252,10 +252,9 @@ def run_one(row, seed, data_root, output_dir, data_seed, extra_opts):
         results = CPCLTrainer.test(cfg, CPCLTrainer.build_model(cfg))
     else:
         trainer = (id_loss_trainer() if row == "itc_id" else CPCLTrainer)(cfg)
-        if row in TRUE_LABEL_ROWS:
-            true_identity_clustering(trainer.pseudo_label_hook)
-        if row == "sdm_images":
-            image_identity_clustering(trainer.pseudo_label_hook)
+        if row in FIXED_LABEL_ROWS:
+            replace_clustering(trainer.pseudo_label_hook, one_label_per_image
+                               if row == "sdm_images" else true_identity_labels)
         if row == "itc":
             trainer.register_hooks([feature_clustering_monitor(cfg, history)])
         trainer.resume_or_load(resume=False)
@@ -342,22 +341,19 @@ def validity(results, seeds, data_seed, stats, itc_history):
         i = np.mean(itc)
         out.append(("(b) ITC R1 >= 50% of the caption ceiling",
                     f"{i:.2f} of {ceiling:.2f} = {100 * i / ceiling:.0f}%", i >= 0.5 * ceiling))
-    if itc and sdm:
-        i, o = np.mean(itc), np.mean(sdm)
+    def identity_gain(criterion, base, with_ids):
+        """SDM on true ids over ITC: 5-15% of ITC's remaining R1 error, > 2 pooled seed stds."""
+        i, o = np.mean(base), np.mean(with_ids)
         share = (o - i) / (100 - i)
-        pooled = _pooled_std(itc, sdm) if len(seeds) > 1 else float("nan")
-        out.append(("(c) SDM on true ids - ITC: 5-15% of ITC's remaining R1 error, and > 2 pooled "
-                    "seed stds", f"{o - i:+.2f} R1 = {100 * share:.1f}% of {100 - i:.2f}; pooled "
-                    f"std {pooled:.2f}", 0.05 <= share <= 0.15 and o - i > 2 * pooled))
-    itc_pk, sdm_pk = r1("itc_pk"), r1("oracle_pk")
-    if itc_pk and sdm_pk:  # (c) with the batches held equal
-        i, o = np.mean(itc_pk), np.mean(sdm_pk)
-        share = (o - i) / (100 - i)
-        pooled = _pooled_std(itc_pk, sdm_pk) if len(seeds) > 1 else float("nan")
-        out.append(("(c') proposed: in P x K batches over true ids, SDM - ITC: 5-15% of ITC's "
-                    "remaining R1 error, and > 2 pooled seed stds",
+        pooled = _pooled_std(base, with_ids) if len(seeds) > 1 else float("nan")
+        out.append((f"{criterion}: 5-15% of ITC's remaining R1 error, and > 2 pooled seed stds",
                     f"{o - i:+.2f} R1 = {100 * share:.1f}% of {100 - i:.2f}; pooled std "
                     f"{pooled:.2f}", 0.05 <= share <= 0.15 and o - i > 2 * pooled))
+    if itc and sdm:
+        identity_gain("(c) SDM on true ids - ITC", itc, sdm)
+    itc_pk, sdm_pk = r1("itc_pk"), r1("oracle_pk")
+    if itc_pk and sdm_pk:  # (c) with the batches held equal
+        identity_gain("(c') proposed: in P x K batches over true ids, SDM - ITC", itc_pk, sdm_pk)
     if sdm and ident:
         out.append(("(d) ITC + ID loss does not beat ITC + SDM",
                     f"{np.mean(ident):.2f} against {np.mean(sdm):.2f} R1",

@@ -11,13 +11,18 @@ from conftest import REPO
 
 def test_quick_mode_trains_the_rows_from_pretrained_weights_and_writes_its_json(data_root,
                                                                                 tmp_path):
-    out = tmp_path / "quick.json"
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "benchmarks", "quality.py"), "--config",
-         os.path.join(REPO, "tests", "configs", "tiny-quality.yml"), "--rows", "itc", "full",
-         "oracle", "--seeds", "0", "--data-seed", "5", "--json", str(out), "--data-root",
-         data_root], cwd=REPO, capture_output=True, text=True, timeout=900)
+    out, store = tmp_path / "quick.json", tmp_path / "runs.json"
+    command = [sys.executable, os.path.join(REPO, "benchmarks", "quality.py"), "--config",
+               os.path.join(REPO, "tests", "configs", "tiny-quality.yml"), "--rows", "itc",
+               "full", "oracle", "--seeds", "0", "--data-seed", "5", "--json", str(out),
+               "--data-root", data_root, "--results", str(store)]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Every finished run is kept; run again, the command trains nothing and prints the same.
+    assert len(json.loads(store.read_text())) == 4  # three rows and the zero-shot reference
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert "4 of 4 runs already in" in again.stderr
+    assert again.stdout.split("whole benchmark")[0] == proc.stdout.split("whole benchmark")[0]
     result = json.loads(out.read_text())
     assert set(result) == {"itc", "full", "oracle", "ceiling_R1", "zero_shot"}
     for row in ("itc", "full", "oracle"):
@@ -43,8 +48,19 @@ def test_quick_mode_trains_the_rows_from_pretrained_weights_and_writes_its_json(
     assert "fastreid.utils.events" not in proc.stdout and "Saving checkpoint" not in proc.stdout
 
 
+def test_an_unreadable_results_file_is_named_before_any_training(tmp_path):
+    bad = tmp_path / "runs.json"
+    bad.write_text("{not json")
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "quality.py"),
+                           "--rows", "itc", "--results", str(bad)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"--results {bad} cannot be read as a results file" in proc.stderr
+
+
 def test_the_ablation_by_default_leaves_the_diagnosis_rows_to_be_asked_for():
-    assert quality.MAIN_ROWS == ["zeroshot", "itc", "pmm", "hcm", "full", "true_cpcl", "oracle"]
+    assert quality.MAIN_ROWS == ["zeroshot", "itc", "pmm", "hcm", "full", "full_shuffled",
+                                 "true_cpcl", "oracle"]
     assert not set(quality.MAIN_ROWS) & set(quality.DIAGNOSIS)
     assert set(quality.DIAGNOSIS) <= set(quality.ROWS)
 
@@ -71,3 +87,23 @@ def test_validity_criteria_judge_the_identity_gain_against_its_own_batches():
     # A gain inside the range but within the seeds' noise does not hold.
     noisy = _criteria({"itc_pk": [40.0, 46.0, 52.0], "oracle_pk": [44.0, 50.0, 57.0]})
     assert not noisy["(c')"][2] and "(a) " not in noisy
+
+
+def test_the_verdict_weighs_both_full_cpcl_rows_against_itc_in_pooled_stds():
+    def runs(row, maps):
+        return {(row, 2, s): {"mAP": m} for s, m in enumerate(maps)}
+    results = {**runs("itc", [55.0, 56.0, 57.0]), **runs("full", [50.0, 51.0, 52.0]),
+               **runs("full_shuffled", [59.0, 60.0, 61.0]), **runs("oracle", [58.0, 59.0, 60.0]),
+               **runs("itc_pk", [45.0, 46.0, 47.0]), **runs("oracle_pk", [52.0, 53.0, 54.0])}
+    paper, departure = quality.gap_verdict(results, [0, 1, 2], 2).split("\n\n")
+    assert paper.startswith("+ OPLM (full CPCL) − ITC on mAP: -5.00 points")
+    assert "-5.0 pooled stds" in paper and "closes -167% of that gap" in paper
+    # In P x K batches true identities add 7 mAP over ITC; the pseudo labels 5 of them.
+    assert "true identities add +7.00 mAP over ITC; the pseudo labels add +5.00" in paper
+    assert "full CPCL in shuffled batches" in departure and "+4.00 points" in departure
+    assert "4.0 pooled stds" in departure and "closes 133% of that gap" in departure
+    # No supervised gain over ITC: nothing to close, said so instead of a negative share.
+    results.update(runs("oracle", [54.0, 55.0, 56.0]))
+    assert "there is no gap to close" in quality.gap_verdict(results, [0, 1, 2], 2)
+    # Rows missing from a data seed: no verdict.
+    assert quality.gap_verdict(results, [0, 1, 2], 3) == ""

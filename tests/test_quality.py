@@ -107,3 +107,20 @@ def test_the_verdict_weighs_both_full_cpcl_rows_against_itc_in_pooled_stds():
     assert "there is no gap to close" in quality.gap_verdict(results, [0, 1, 2], 2)
     # Rows missing from a data seed: no verdict.
     assert quality.gap_verdict(results, [0, 1, 2], 3) == ""
+
+
+def test_make_bench_shares_its_quality_runs_with_the_ablation_only_for_a_clean_commit(
+        monkeypatch):
+    import run_all  # benchmarks/run_all.py
+    sections = {b[0]: b[2] for b in run_all.BENCHMARKS}
+    monkeypatch.setattr(run_all, "_commit", lambda: "abc1234")
+    for name in ("quality", "ablation"):
+        args = run_all.with_runs_file(sections[name])
+        assert args[args.index("--results") + 1] == "logs/bench/quality-runs-abc1234.json"
+    # Uncommitted changes: runs are not kept (they could differ from the commit's).
+    monkeypatch.setattr(run_all, "_commit", lambda: "abc1234+changes")
+    assert "--results" not in run_all.with_runs_file(sections["ablation"])
+    assert "RUNS" not in run_all.with_runs_file(sections["ablation"])
+    # The long sections are asked for; `make bench` asks the question in brief.
+    assert {"ablation", "diagnosis", "scale", "clustering"} <= set(run_all.ON_REQUEST)
+    assert "quality" not in run_all.ON_REQUEST

@@ -14,7 +14,7 @@ import os
 import sys
 
 import torch.distributed as dist
-from fastreid.engine import default_argument_parser, default_setup
+from fastreid.engine import default_setup
 from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
 from fastreid.utils.logger import setup_logger
@@ -238,9 +238,11 @@ def argument_parser():
     parser.add_argument("--machine-rank", type=int, default=0,
                         help="This machine's rank among --num-machines, from 0 (default: "
                              "%(default)s).")
-    parser.add_argument("--dist-url", default=default_argument_parser().get_default("dist_url"),
-                        help="Address where the processes meet; 'auto' picks a free local port "
-                             "(single machine; default: %(default)s).")
+    # Not FastReID's default (a fixed port per user): two runs on one machine would meet there.
+    parser.add_argument("--dist-url", default="auto",
+                        help="Address where the processes meet: 'auto' (default) picks a free "
+                             "local port, named in the log; several machines need "
+                             "tcp://<machine 0's address>:<port>.")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                         help="Config overrides, e.g. SOLVER.MAX_EPOCH 10 OUTPUT_DIR logs/run2.")
     return parser

@@ -122,12 +122,27 @@ def trained_run(tmp_path_factory, data_root):
 def two_process_run(tmp_path_factory, data_root):
     """One epoch of FastReID's launcher's 2-process gloo run (--num-gpus 2), one thread each (as
     every process of the suite): its output folder, shared by the tests that compare ranks and
-    launchers."""
+    launchers. A second such run starts beside it at the same time, with default settings as
+    well (no --dist-url): the two must not meet each other's processes; its output folder is
+    this one's name + "-beside"."""
     def train(out):
-        proc = run_train_net("--config-file", TINY, "--num-gpus", "2", "--dist-url", "auto",
-                             "DATASETS.ROOT", data_root, "OUTPUT_DIR", str(out),
-                             "SOLVER.MAX_EPOCH", "1")
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        beside = out.with_name(out.name + "-beside")
+        procs = []
+        for folder in (out, beside):
+            with open(folder.with_name(folder.name + ".err"), "w") as err:
+                procs.append(subprocess.Popen(
+                    [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file",
+                     TINY, "--num-gpus", "2", "DATASETS.ROOT", data_root, "OUTPUT_DIR",
+                     str(folder), "SOLVER.MAX_EPOCH", "1"], cwd=REPO, stdout=subprocess.DEVNULL,
+                    stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+        try:
+            statuses = [proc.wait(timeout=600) for proc in procs]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+        for folder, status in zip((out, beside), statuses):
+            assert status == 0, folder.with_name(folder.name + ".err").read_text()[-3000:]
         return ""
     return made_once(tmp_path_factory, "launcher", train)[0]
 

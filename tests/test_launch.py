@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, run_cli_in_process
 from test_train_net import _digests
 
 from cpcl_plugin.engine.launch import (EnvironmentLaunch, LaunchError, detect_environment_launch,
                                        gpu_shortage, launcher_conflict, parse_slurm_hostlist,
-                                       parse_slurm_tasks_per_node)
+                                       parse_slurm_tasks_per_node, resolve_dist_url)
 from cpcl_plugin.train import cli
 
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
@@ -179,10 +179,55 @@ def launcher_digest(two_process_run):
     out = two_process_run
     log1 = (out / "log.txt.rank1").read_text()
     assert "Launched by FastReID's launcher: rank 1 of 2 (local rank 1 of 2), gloo, --dist-url " \
-           "auto" in log1
+           "tcp://127.0.0.1:" in log1
     digest = _digests((out / "log.txt").read_text())["0"]
     assert _digests(log1)["1"] == digest
     return digest
+
+
+def test_two_runs_side_by_side_with_default_settings_meet_at_ports_of_their_own(
+        two_process_run, launcher_digest):
+    # Started together, without --dist-url (FastReID's default is one fixed port per user).
+    ports = set()
+    for out in (two_process_run, two_process_run.with_name(two_process_run.name + "-beside")):
+        log0, log1 = (out / "log.txt").read_text(), (out / "log.txt.rank1").read_text()
+        assert _digests(log0) == {"0": launcher_digest} and _digests(log1) == {"1": launcher_digest}
+        [line] = [ln for ln in log1.splitlines() if "Launched by FastReID's launcher" in ln]
+        ports.add(line.rsplit(":", 1)[1])
+    assert len(ports) == 2
+
+
+def test_a_taken_port_or_an_auto_address_across_machines_is_refused_in_one_sentence():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for host in ("127.0.0.1", "localhost"):
+            with pytest.raises(LaunchError, match=rf"--dist-url tcp://{host}:{port}: port {port} "
+                               r"is already in use on this machine \(another run\?\); use "
+                               r"--dist-url auto to pick a free port\."):
+                resolve_dist_url(f"tcp://{host}:{port}", num_machines=1, machine_rank=0)
+        # Only machine 0 opens the port: another machine's rank is not judged by this one.
+        assert resolve_dist_url(f"tcp://10.0.0.1:{port}", 2, 1) == f"tcp://10.0.0.1:{port}"
+    with pytest.raises(LaunchError, match="with --num-machines 3, give every machine --dist-url"):
+        resolve_dist_url("auto", num_machines=3, machine_rank=0)
+    auto = resolve_dist_url("auto", 1, 0)
+    assert auto.startswith("tcp://127.0.0.1:") and int(auto.rsplit(":", 1)[1]) > 0
+
+
+def test_a_run_asked_to_meet_at_a_taken_port_stops_before_starting_processes(capfd, data_root,
+                                                                              tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cli_in_process(capfd, "--config-file", TINY, "--num-gpus", "2", "--dist-url",
+                                  f"tcp://127.0.0.1:{port}", "DATASETS.ROOT", data_root,
+                                  "OUTPUT_DIR", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"error: --dist-url tcp://127.0.0.1:{port}: port {port} is "
+                                   f"already in use on this machine (another run?); use "
+                                   f"--dist-url auto to pick a free port.")
 
 
 def _assert_both_ranks_end_on(out, digest, launch_lines):

@@ -22,9 +22,12 @@ How a torchrun or srun process is recognised (the first rule that applies decide
 import contextlib
 import dataclasses
 import datetime
+import errno
 import os
 import re
+import socket
 import sys
+from urllib.parse import urlparse
 from typing import Optional
 
 import torch
@@ -38,8 +41,8 @@ from ..errors import ConfigError, DatasetError
 
 __all__ = ["EnvironmentLaunch", "LaunchError", "Rank0Failed", "detect_environment_launch",
            "environment_process_group", "gpu_shortage", "launch_run", "launcher_conflict",
-           "parse_slurm_hostlist", "parse_slurm_tasks_per_node", "run_on_rank0_first",
-           "without_launch_variables"]
+           "parse_slurm_hostlist", "parse_slurm_tasks_per_node", "resolve_dist_url",
+           "run_on_rank0_first", "without_launch_variables"]
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                       "MASTER_PORT")
@@ -359,6 +362,33 @@ def _run_as_environment_rank(args, launch, preflight, worker):
     return 0
 
 
+def resolve_dist_url(dist_url, num_machines, machine_rank):
+    """The address FastReID's launcher's processes meet at. "auto" becomes a free local port
+    (one machine only), so that runs side by side never meet each other; a tcp:// port that is
+    already taken on machine 0 stops the launch with a LaunchError saying so, before any process
+    starts (it would otherwise die in a traceback, or join another run's processes)."""
+    if dist_url == "auto":
+        if num_machines > 1:
+            raise LaunchError(f"--dist-url auto picks a port on one machine only; with "
+                              f"--num-machines {num_machines}, give every machine --dist-url "
+                              f"tcp://<machine 0's address>:<free port>.")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    url = urlparse(dist_url)
+    if url.scheme == "tcp" and machine_rank == 0 and url.port:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("", url.port))
+            except OSError as err:
+                if err.errno != errno.EADDRINUSE:
+                    raise
+                raise LaunchError(f"--dist-url {dist_url}: port {url.port} is already in use on "
+                                  f"this machine (another run?); use --dist-url auto to pick a "
+                                  f"free port.") from None
+    return dist_url
+
+
 def launch_run(args, preflight, worker):
     """Run `worker(args)` in every process of the launch that the command line `args` (FastReID's
     launcher flags, config_file, opts) and the environment describe; returns the exit status.
@@ -375,6 +405,8 @@ def launch_run(args, preflight, worker):
         return _run_as_environment_rank(args, environment_launch, preflight, worker)
     try:
         cfg = preflight(args, args.num_gpus * args.num_machines)
+        if args.num_gpus * args.num_machines > 1:  # logged by each process (launch_summary)
+            args.dist_url = resolve_dist_url(args.dist_url, args.num_machines, args.machine_rank)
     except (ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

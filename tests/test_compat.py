@@ -104,6 +104,20 @@ def test_import_without_fastreid_says_how_to_install(tmp_path):
     assert "pip install --no-deps fastreid==1.4.0" in proc.stderr
 
 
+@pytest.mark.parametrize("missing", [("torch",), ("torch", "fastreid")])
+def test_import_from_an_interpreter_without_torch_points_to_the_environment(tmp_path, missing):
+    # An interpreter outside .venv has neither: installing FastReID alone would not help.
+    import subprocess
+    code = ("import importlib.util, sys; real = importlib.util.find_spec\n"
+            f"importlib.util.find_spec = lambda n, *a: None if n in {missing!r} else real(n, *a)\n"
+            "import cpcl_plugin")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=str(tmp_path), env={"PYTHONPATH": compat.__file__.rsplit("/cpcl_plugin", 1)[0]})
+    assert proc.returncode != 0 and "--no-deps" not in proc.stderr
+    assert f"which this interpreter ({sys.executable}) does not have: run the project with " \
+           f".venv/bin/python" in proc.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the warning exists only without CUDA")
 def test_cuda_home_warning_is_quiet_on_cpu(caplog):
     assert "cuda_home_warning" in compat.applied()

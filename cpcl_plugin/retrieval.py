@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 
 from .data.datasets import load_image
+from .data.tokenizer import build_tokenizer
 from .errors import ConfigError, DatasetError
 from .evaluation.features import encode_captions_and_images
 from .utils.checkpoint import parameter_digest, write_atomically
@@ -23,6 +24,7 @@ from .utils.progress import quiet_logger
 
 __all__ = ["GalleryIndex", "encode_queries", "check_queries", "list_images", "IMAGE_EXTENSIONS"]
 
+logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -46,9 +48,23 @@ def check_queries(queries):
                               f"\"a woman in a red coat carrying a black backpack\".")
 
 
+def warn_long_queries(queries, tokenizer):
+    """One warning per query longer than the text encoder's context, naming it and how much of it
+    is read (the tokenizer truncates silently)."""
+    context = tokenizer.context_length
+    for i, query in enumerate(queries):
+        n = tokenizer.num_tokens(query)
+        if n > context:
+            shown = query if len(query) <= 60 else query[:60].rstrip() + "…"
+            logger.warning(f"Query {i + 1} (\"{shown}\") is {n - 2} tokens long; the text "
+                           f"encoder reads only its first {context - 2} "
+                           f"(MODEL.CLIP.CONTEXT_LENGTH {context}) and ignores the rest.")
+
+
 def encode_queries(cfg, model, queries):
     """(len(queries), d) float32 features of free-text queries; an empty one is an error."""
     check_queries(queries)
+    warn_long_queries(queries, build_tokenizer(cfg))
     plural = "y" if len(queries) == 1 else "ies"
     text_f, _, _ = encode_captions_and_images(cfg, model, queries, [],
                                               step=f"encoding {len(queries)} quer{plural}")

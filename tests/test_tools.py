@@ -242,3 +242,25 @@ def test_progress_lines_come_at_a_bounded_rate_in_one_form(caplog):
     assert [r.getMessage() for r in caplog.records][1:3] == [
         "clustering: 1/10 images (0.0154 images/s, eta 0:09:45)",
         "clustering: 1/10 images (0.0104 images/s, eta 0:14:24)"]
+
+
+def test_queries_longer_than_the_context_are_named_with_what_is_read(tiny_cfg, caplog):
+    from cpcl_plugin.data.tokenizer import build_tokenizer
+    from cpcl_plugin.retrieval import warn_long_queries
+    tokenizer = build_tokenizer(tiny_cfg())
+    context = tokenizer.context_length  # 48 in the tiny config
+    fits = "a man in a blue coat"
+    long_ones = [" ".join(["a woman in a red coat"] * 20), "x" * 5000 + " shoes"]
+    for query in [fits] + long_ones:  # the count is what the tokenizer would read untruncated
+        n = tokenizer.num_tokens(query)
+        assert (n <= context) == (query == fits)
+        assert int((tokenizer(query) != 0).sum()) == min(n, context)
+    with caplog.at_level("WARNING", logger="cpcl_plugin.retrieval"):
+        warn_long_queries([fits, *long_ones], tokenizer)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    n = tokenizer.num_tokens(long_ones[0])
+    assert warnings[0] == (f'Query 2 ("{long_ones[0][:60].rstrip()}…") is {n - 2} tokens long; '
+                           f"the text encoder reads only its first {context - 2} "
+                           f"(MODEL.CLIP.CONTEXT_LENGTH {context}) and ignores the rest.")
+    assert warnings[1].startswith('Query 3 ("xxx')

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 import quality  # benchmarks/quality.py, on the path by conftest
+from cpcl_plugin.evaluation import visualization
 from cpcl_plugin.evaluation.visualization import (COLORS, Tile, draw_query, font, label_font_size,
                                        new_picture_path, tile_lines, wrap_text,
                                        write_picture_index)
@@ -98,3 +99,19 @@ def test_plot_labels_say_what_a_row_is():
     for row in quality.ROWS:
         label = quality.plot_label(row)
         assert row not in label.replace("\n", " ").split(), (row, label)
+
+
+@pytest.mark.parametrize("words", [300, 2000])
+def test_a_long_query_is_cut_to_a_few_lines_ending_in_an_ellipsis(tmp_path, words):
+    paths = _gallery(str(tmp_path / "gallery"), 3)
+    order, scores = np.arange(3), np.array([0.9, 0.5, 0.1])
+    long_query = " ".join(["a woman in a red coat with a black backpack"] * (words // 10))
+    short = draw_query(CAPTION, order, scores, paths, str(tmp_path / "s.png"), 3)
+    cut = draw_query(long_query, order, scores, paths, str(tmp_path / "l.png"), 3)
+    with Image.open(short["picture"]) as s, Image.open(cut["picture"]) as c:
+        assert c.width == s.width and s.height < c.height < 1.5 * s.height
+    f = font(round(1.3 * label_font_size(128)))
+    lines = visualization._at_most(wrap_text(long_query, f, 500), 4, f, 500)
+    assert len(lines) == 4 and lines[-1].endswith(" …")
+    assert all(f.getlength(line) <= 500 for line in lines)
+    assert visualization._at_most(["one", "two"], 4, f, 500) == ["one", "two"]

@@ -18,6 +18,13 @@ class CaptionTokenizer:
     def __call__(self, caption):
         return self._tokenizer([caption], context_length=self.context_length)[0]
 
+    def num_tokens(self, caption):
+        """How many tokens `caption` has before truncation, start and end tokens included (more
+        than context_length: the encoder reads only the first context_length - 1 and the end)."""
+        # A token covers at least one character: this context never truncates.
+        untruncated = self._tokenizer([caption], context_length=len(caption) + 2)[0]
+        return int((untruncated != 0).sum())
+
     def batch(self, captions):
         """Tokens of several captions at once, shape (len(captions), context_length)."""
         return self._tokenizer(list(captions), context_length=self.context_length)

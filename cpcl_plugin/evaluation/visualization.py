@@ -27,6 +27,8 @@ __all__ = ["Tile", "draw_ranked_list", "draw_query", "wrap_text", "font", "label
            "INDEX_COLUMNS"]
 
 THUMB_WIDTH = 128   # pixels; images are drawn twice as tall (pedestrians are tall)
+# A query's text above the images; longer ones end in "…" (the encoder reads ~70 words anyway).
+MAX_CAPTION_LINES = 4
 COLORS = {True: (20, 160, 20), False: (210, 30, 30), None: (150, 150, 150)}
 INDEX_COLUMNS = ("picture", "query", "identity", "AP", "first_true_match", "top1")
 
@@ -80,6 +82,16 @@ def wrap_text(text, f, width):
     if line:
         lines.append(line)
     return lines or [""]
+
+
+def _at_most(lines, max_lines, f, width):
+    """`lines` cut to `max_lines`, the last one ending in "…" (within `width`) when cut."""
+    if len(lines) <= max_lines:
+        return lines
+    last = lines[max_lines - 1]
+    while last and f.getlength(last + " …") > width:
+        last = last[:-1]
+    return lines[:max_lines - 1] + [last.rstrip() + " …"]
 
 
 def _fit_name(name, f, width, max_lines=2):
@@ -140,7 +152,8 @@ def draw_ranked_list(caption, tiles, path, summary="", ground_truth=(), ground_t
     cols = max(len(r[1]) for r in rows)
     width = max(gap + cols * (tile_w + gap), 30 * label_font_size(w))
     text_w = width - 2 * gap
-    caption_lines = wrap_text(caption, caption_font, text_w)
+    caption_lines = _at_most(wrap_text(caption, caption_font, text_w), MAX_CAPTION_LINES,
+                             caption_font, text_w)
     summary_lines = wrap_text(summary, label_font, text_w) if summary else []
     titles = [wrap_text(title, label_font, text_w) for title, _, _ in rows]
     labels = [[tile_lines(t, label_font, tile_w, gt) for t in row] for _, row, gt in rows]

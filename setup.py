@@ -20,6 +20,7 @@ setup(
         "torchvision",
         "open_clip_torch>=2.20",
         "yacs>=0.1.8",
+        "filelock",  # one pretraining per cached weight file (engine/pretraining.py)
         "tabulate",
         "faiss-cpu>=1.7.3",
         # FastReID 1.4.0's own runtime needs (it is installed with --no-deps).
@@ -33,7 +34,7 @@ setup(
     ],
     extras_require={
         "gpu": ["faiss-gpu"],
-        "test": ["pytest>=7", "pytest-xdist>=3", "filelock"],  # make test: two workers
+        "test": ["pytest>=7", "pytest-xdist>=3"],  # make test: two workers (filelock: above)
         "bench": ["matplotlib"],  # plots of `make bench`
     },
 )

@@ -30,4 +30,11 @@ def error_summary(err, limit=160):
     """"TypeName: first line of the message" of an exception from a library, to quote inside a
     ConfigError's sentence."""
     lines = str(err).splitlines()
-    return f"{type(err).__name__}: {lines[0][:limit]}" if lines else type(err).__name__
+    if not lines:
+        return type(err).__name__
+    line = lines[0]
+    if len(line) > limit:  # whole sentences where they fit, else whole words: never mid-word
+        cut = line[:limit]
+        end = cut.rfind(". ")
+        line = cut[:end + 1] if end > 0 else cut[:cut.rfind(" ")].rstrip(",;:") + " …"
+    return f"{type(err).__name__}: {line}"

@@ -272,3 +272,13 @@ def test_a_data_error_under_srun_ends_every_task_in_one_sentence(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr0
     assert "reid_raw.json" in lines[0]
     assert "error" not in stderr1 and "Traceback" not in stderr1, stderr1  # rank 0 said why
+
+
+def test_rank0_checks_before_training_give_their_children_every_core(monkeypatch):
+    from cpcl_plugin.engine.launch import machine_threads_for_children
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as torchrun sets it for the ranks
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    cores = str(len(os.sched_getaffinity(0)))
+    with machine_threads_for_children():
+        assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == cores
+    assert os.environ["OMP_NUM_THREADS"] == "1" and "MKL_NUM_THREADS" not in os.environ

@@ -277,3 +277,19 @@ def test_text_padding_after_the_last_caption_is_not_computed_and_changes_nothing
     handle.remove()
     assert seen == [int(tokens.argmax(dim=1).max()) + 1, tokens.shape[1]]
     torch.testing.assert_close(trimmed, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_a_library_error_is_quoted_in_whole_sentences_or_words():
+    from cpcl_plugin.errors import error_summary
+    torch_says = RuntimeError(
+        "PytorchStreamReader failed reading zip archive: failed finding central directory. If "
+        "you are seeing this error, there is a high chance that your file is corrupted and you "
+        "should download it again.\nmore details")
+    assert error_summary(torch_says) == ("RuntimeError: PytorchStreamReader failed reading zip "
+                                         "archive: failed finding central directory.")
+    one_sentence = ValueError("a very long message without any full stop " * 6)
+    said = error_summary(one_sentence)
+    assert said.endswith(" …") and len(said) < 190
+    assert said[:-2].rstrip().endswith(("message", "without", "any", "full", "stop", "a", "very",
+                                        "long"))
+    assert error_summary(KeyError()) == "KeyError"

@@ -130,3 +130,161 @@ def test_tools_with_trained_weights_do_not_pretrain(tiny_cfg, tmp_path):
     assert not model.training
     path = pretrained_weights_path(cfg)
     assert not os.path.exists(path) and not _leftovers(os.path.dirname(path))
+
+
+def _said(capfd):
+    out, err = capfd.readouterr()
+    return out + err
+
+
+def test_a_damaged_cache_is_found_by_its_checksum_and_made_again(tiny_cfg, tmp_path, capfd):
+    recipe = tmp_path / "web.yml"  # weights of their own: other tests read the shared ones
+    recipe.write_text(f"_BASE_: {TINY_PRETRAIN}\nSOLVER:\n  BASE_LR: 0.003\n")
+    cfg = tiny_cfg("MODEL.CLIP.PRETRAINED", str(recipe))
+    path = ensure_pretrained_weights(cfg)
+    assert open(path + ".sha256").read().strip() == pretraining._sha256(path)
+    whole = open(path, "rb").read()
+
+    def truncate():
+        with open(path, "r+b") as f:
+            f.truncate(len(whole) // 3)
+
+    def flip_a_byte():  # same size, one byte in the middle changed
+        with open(path, "r+b") as f:
+            f.seek(len(whole) // 2)
+            f.write(bytes([whole[len(whole) // 2] ^ 0xFF]))
+
+    def unreadable_without_checksum():  # a cache from before checksums, overwritten
+        os.remove(path + ".sha256")
+        with open(path, "wb") as f:
+            f.write(b"not a checkpoint")
+    for damage in (truncate, flip_a_byte, unreadable_without_checksum):
+        _said(capfd)
+        damage()
+        assert ensure_pretrained_weights(cfg) == path
+        said = _said(capfd)
+        assert f"The cached pretrained weights {path} are damaged" in said, damage.__name__
+        assert "pretraining them again" in said and "pretraining once" in said
+        assert open(path + ".sha256").read().strip() == pretraining._sha256(path)
+        torch.load(path, map_location="cpu", weights_only=True)
+    # A whole cache from before checksums is adopted as it is, not made again.
+    os.remove(path + ".sha256")
+    stamp = os.path.getmtime(path)
+    assert ensure_pretrained_weights(cfg) == path
+    assert os.path.getmtime(path) == stamp and os.path.isfile(path + ".sha256")
+    assert "pretraining" not in _said(capfd)
+
+
+def test_runs_asking_for_the_same_weights_at_once_pretrain_them_once(tmp_path, data_root):
+    import subprocess
+    import sys
+    recipe = tmp_path / "web.yml"
+    recipe.write_text(f"_BASE_: {TINY_PRETRAIN}\nSOLVER:\n  BASE_LR: 0.004\n")
+    code = ("import sys; from cpcl_plugin import load_config\n"
+            "from cpcl_plugin.engine.pretraining import ensure_pretrained_weights\n"
+            f"cfg = load_config({os.path.join(REPO, 'tests', 'configs', 'tiny.yml')!r}, "
+            f"['MODEL.CLIP.PRETRAINED', {str(recipe)!r}, 'DATASETS.ROOT', {data_root!r}])\n"
+            "print('WEIGHTS', ensure_pretrained_weights(cfg))")
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for _ in range(2)]
+    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    assert sum("pretraining once" in out for out in outputs) == 1
+    assert sum("another run is pretraining" in out for out in outputs) == 1
+    weights = {line for out in outputs for line in out.splitlines() if line.startswith("WEIGHTS")}
+    assert len(weights) == 1
+
+
+def _processes_with(text):
+    """PIDs of live (not zombie) processes whose command line contains `text`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads processes from /proc (Linux)")
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_a_run_killed_while_pretraining_leaves_no_process_and_no_folder(tmp_path, capfd,
+                                                                        tiny_cfg, signal_name):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import TINY
+    root = tmp_path / "data"
+    recipe = tmp_path / "long-web.yml"  # long enough to be killed in the middle
+    recipe.write_text(f"_BASE_: {TINY_PRETRAIN}\nSOLVER:\n  MAX_EPOCH: 400\n")
+    run = subprocess.Popen([sys.executable, os.path.join(REPO, "tools", "train_net.py"),
+                            "--config-file", TINY, "MODEL.CLIP.PRETRAINED", str(recipe),
+                            "DATASETS.ROOT", str(root), "OUTPUT_DIR", str(tmp_path / "out")],
+                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cache = root / "pretrained"
+    try:
+        deadline, child = time.time() + 300, []
+        while time.time() < deadline and not child:  # until the child trains in its folder
+            time.sleep(1)
+            folders = list(cache.glob(".pretraining-*")) if cache.is_dir() else []
+            child = [p for f in folders if (f / "log.txt").exists()
+                     for p in _processes_with(str(f))]
+        assert child, "the pretraining child never started"
+        run.send_signal(getattr(signal, signal_name))
+        run.wait(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_processes_with(str(f)) for f in folders):
+        time.sleep(0.5)
+    assert not any(_processes_with(str(f)) for f in folders)  # died with its parent
+    assert all(f.exists() for f in folders)  # left behind until the next start
+    # The next start of a run that uses this cache folder (here for other, quick weights).
+    _said(capfd)
+    ensure_pretrained_weights(tiny_cfg("MODEL.CLIP.PRETRAINED", TINY_PRETRAIN, "DATASETS.ROOT",
+                                       str(root)))
+    assert not list(cache.glob(".pretraining-*"))
+    assert f"working folder left by stopped runs: {folders[0]}" in _said(capfd)
+
+
+def test_only_the_working_folders_of_stopped_runs_are_removed(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+    from cpcl_plugin.utils.workdirs import make_work_folder, remove_leftover_work_folders
+    host = socket.gethostname()
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # its pid no longer runs
+    mine = make_work_folder(str(tmp_path), ".work-")
+    assert os.path.basename(mine).startswith(f".work-{host}-{os.getpid()}-")
+    names = {"stopped": f".work-{host}-{ended.pid}-a1b2c3d4",
+             "other machine, named like this one": f".work-{host}-x-1-{ended.pid}-zz_9yy8x",
+             "other machine": f".work-node-07-{ended.pid}-a1b2c3d4",
+             "unowned, idle": ".work-q9w8e7r6", "unowned, busy": ".work-m1n2b3v4",
+             "not a working folder": "SyntheticPedes-0123456789"}
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "log.txt").write_text("x")
+    now = time.time()
+    hours_ago = now - 2 * 3600
+    for part in (tmp_path / names["unowned, idle"], tmp_path / names["unowned, idle"] / "log.txt"):
+        os.utime(part, (hours_ago, hours_ago))
+    said = []
+    removed = remove_leftover_work_folders(str(tmp_path), ".work-", said.append, now=now)
+    assert sorted(removed) == sorted(str(tmp_path / names[k]) for k in ("stopped", "unowned, idle"))
+    assert said == [f"Removed 2 working folders left by stopped runs: {', '.join(removed)}"]
+    assert os.path.isdir(mine) and all((tmp_path / names[k]).is_dir() for k in names
+                                       if k not in ("stopped", "unowned, idle"))
+    assert remove_leftover_work_folders(str(tmp_path), ".work-", said.append, now=now) == []
+    assert len(said) == 1  # nothing removed, nothing said

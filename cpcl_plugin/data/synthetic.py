@@ -27,18 +27,21 @@ once, atomically (a temporary folder renamed into place), and reuses it afterwar
 """
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..config import CHOICES
 from ..errors import ConfigError
+from ..utils.workdirs import make_work_folder, remove_leftover_work_folders
 from .palette import COLORS, HAIR_COLORS, SKIN_TONES, sample_identity, shade
 from .world import PRESETS, WORLD_VERSION, generate_world
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ["SyntheticSpec", "generate_synthetic_dataset", "ensure_synthetic_dataset",
            "sample_identity", "describe_identity"]
@@ -346,9 +349,10 @@ def ensure_synthetic_dataset(parent_dir, spec, logger=None):
     if os.path.isfile(os.path.join(final, "reid_raw.json")):
         return final
     os.makedirs(parent_dir, exist_ok=True)
+    remove_leftover_work_folders(parent_dir, ".synthetic-", (logger or _logger).info)
     if logger:
         logger.info(f"Generating the synthetic dataset into {final} (once; reused afterwards)")
-    tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent_dir)
+    tmp = make_work_folder(parent_dir, ".synthetic-")
     try:
         generate_synthetic_dataset(tmp, spec)
         try:

@@ -322,10 +322,30 @@ def configured_device(args):
         return ""
 
 
+@contextlib.contextmanager
+def machine_threads_for_children():
+    """os.environ with one OpenMP / MKL thread per core this process may use, for child processes
+    that work while the launch's other ranks wait (torchrun sets OMP_NUM_THREADS=1 for the ranks
+    themselves); restored on exit."""
+    cores = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                else os.cpu_count() or 1)
+    saved = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update(dict.fromkeys(saved, cores))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _preflight_alone(preflight, args, world_size):
     """`preflight` as a process of its own: a pretraining recipe's run (a child training process)
-    must not take itself for a rank of this launch. Returns nothing (the config stays here)."""
-    with without_launch_variables():
+    must not take itself for a rank of this launch, and may use every core, the other ranks
+    waiting meanwhile. Returns nothing (the config stays here)."""
+    with without_launch_variables(), machine_threads_for_children():
         preflight(args, world_size)
 
 

@@ -71,6 +71,7 @@ def create_clip_model(cfg):
     if arch not in open_clip.list_models():
         raise ConfigError(f"MODEL.CLIP.ARCH {arch!r} is not an open_clip architecture; choose one "
                           f"of open_clip.list_models(), e.g. ViT-B-16, ViT-L-14, CPCL-Tiny.")
+    recipe = None
     if pretrained and is_recipe(pretrained):
         recipe, pretrained = pretrained, pretrained_weights_path(cfg)  # a local file from here on
         if not os.path.isfile(pretrained):
@@ -123,6 +124,11 @@ def create_clip_model(cfg):
                 f"Without internet access, download the weights elsewhere and set "
                 f"MODEL.CLIP.PRETRAINED to the local file.") from None
         unreadable = _unreadable_weights(pretrained)
+        if unreadable and recipe:  # the project's own cache: damaged after it was checked
+            raise ConfigError(
+                f"MODEL.CLIP.PRETRAINED {recipe}: its cached weights {pretrained} cannot be read "
+                f"({unreadable}); delete them and their .sha256 file, and the next run pretrains "
+                f"them again.") from None
         if unreadable:
             raise ConfigError(
                 f"MODEL.CLIP.PRETRAINED {pretrained} is not a weight file open_clip can read "

@@ -24,6 +24,7 @@ from .config import check_batch_split, load_config
 from .data import build_dataset, parse_test_name
 from .engine.launch import launch_run
 from .engine.pretraining import ensure_pretrained_weights
+from .engine.resume import check_resume
 from .engine.schedule import check_schedule
 from .engine.trainer import CPCLTrainer, TrainingDiverged
 from .errors import ConfigError, DatasetError
@@ -98,6 +99,8 @@ def main(args):
                         results_table([("evaluated", results)], cfg.DATASETS.TESTS))
         return results
 
+    for note in getattr(args, "resume_notes", []):
+        logger.warning(note)
     trainer = CPCLTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()
@@ -183,6 +186,9 @@ def preflight(args, world_size):
     First every problem of the config and command line, in one message (the values decide which
     data are read or generated); then the datasets, whose message says how to get them."""
     cfg = load_config(args.config_file, args.opts, more_problems=launch_problems(args, world_size))
+    # Before anything is written to OUTPUT_DIR: a refused resume leaves it as it was. What
+    # differs from the interrupted run is logged once the run's log exists (main).
+    args.resume_notes = check_resume(cfg) if args.resume and not args.eval_only else []
     datasets, num_pairs = {}, 0
     for name in cfg.DATASETS.NAMES:
         datasets[name] = build_dataset(cfg, name)

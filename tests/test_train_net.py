@@ -128,7 +128,80 @@ def test_resuming_a_finished_run_says_so(trained_run, data_root, tmp_path):
     out = _linked(trained_run, tmp_path / "finished", ["model_final.pth", "last_checkpoint"])
     proc = run_train_net("--config-file", TINY, "--resume", "DATASETS.ROOT", data_root,
                          "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "3", *AUGMENT)
-    _assert_one_sentence(proc, "already finished epoch 3 of SOLVER.MAX_EPOCH 3")
+    _assert_one_sentence(proc, f"--resume: {out} holds a run that has trained 3 epochs (epochs "
+                               f"0 to 2), which is all of SOLVER.MAX_EPOCH 3: raise "
+                               f"SOLVER.MAX_EPOCH to train on")
+
+
+def _folder_state(folder):
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes() if p.name.endswith(".yaml") else None)
+            for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("change, key, what", [
+    (["MODEL.BACKBONE.NAME", "build_resnet_backbone", "MODEL.BACKBONE.DEPTH", "18x"],
+     "MODEL.BACKBONE.DEPTH '50x', and this config has '18x' (and 1 more: "
+     "MODEL.BACKBONE.NAME)", "model"),
+    (["MODEL.CLIP.ARCH", "RN50"], "MODEL.CLIP.ARCH 'CPCL-Tiny'", "model"),
+    (["DATASETS.SYNTHETIC.NUM_TRAIN_IDS", "16"], "DATASETS.SYNTHETIC.NUM_TRAIN_IDS 12, and this "
+     "config has 16", "data"),
+    (["INPUT.SIZE_TRAIN", "[96, 48]", "INPUT.SIZE_TEST", "[96, 48]"], "INPUT.SIZE_TRAIN", "model"),
+    (["SOLVER.MAX_EPOCH", "2"], "has trained 2 epochs (epochs 0 to 1), which is all of "
+     "SOLVER.MAX_EPOCH 2", None),
+])
+def test_a_refused_resume_says_why_and_leaves_the_folder_as_it_was(trained_run, data_root,
+                                                                   tmp_path, capfd, change, key,
+                                                                   what):
+    # The run died after epoch 1 (0-based) of 3; resumed with a change that cannot continue it.
+    out = _linked(trained_run, tmp_path / "run", ["model_0000.pth", "model_0001.pth",
+                                                   "config.yaml", "log.txt"])
+    (out / "last_checkpoint").write_text("model_0001.pth")
+    before = _folder_state(out)
+    proc = run_cli_in_process(capfd, "--config-file", TINY, "--resume", "DATASETS.ROOT",
+                              data_root, "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "3",
+                              *AUGMENT, *change)
+    _assert_one_sentence(proc, "--resume: ", key)
+    if what:
+        assert f"its checkpoint cannot continue with another {what}: resume with the settings " \
+               f"in {out / 'config.yaml'}, or train into a new OUTPUT_DIR (MODEL.WEIGHTS " \
+               f"{out / 'model_0001.pth'} starts from its weights)." in proc.stderr
+    assert _folder_state(out) == before  # nothing written, config.yaml included
+
+
+def test_a_resume_with_another_schedule_goes_on_and_says_what_changed(trained_run, data_root,
+                                                                     tmp_path):
+    out = _linked(trained_run, tmp_path / "run", ["model_0000.pth", "model_0001.pth",
+                                                   "config.yaml"])
+    (out / "last_checkpoint").write_text("model_0001.pth")
+    proc = run_train_net("--config-file", TINY, "--resume", "DATASETS.ROOT", data_root,
+                         "OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "4", "SOLVER.BASE_LR",
+                         "0.0005", "TEST.EVAL_PERIOD", "2", *AUGMENT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (out / "log.txt").read_text()
+    assert "--resume: SOLVER.MAX_EPOCH was 3 in the interrupted run and is 4 now; the run goes on " \
+           "with the new value (the learning-rate schedule follows the new value from the " \
+           "resumed epoch on" in log
+    assert "--resume: SOLVER.BASE_LR was 0.0003 in the interrupted run and is 0.0005 now" in log
+    assert "--resume: TEST.EVAL_PERIOD was 1 in the interrupted run and is 2 now; the run goes " \
+           "on with the new value." in log
+    # Only the data's location may differ (the shared run may come from another test worker).
+    noted = [l.split("--resume: ", 1)[1].split()[0] for l in log.splitlines() if "--resume: " in l]
+    assert set(noted) - {"DATASETS.ROOT"} == {"SOLVER.MAX_EPOCH", "SOLVER.BASE_LR",
+                                               "TEST.EVAL_PERIOD"}
+    assert (out / "model_final.pth").exists()
+
+
+def test_a_library_resume_into_another_model_is_one_sentence(trained_run, tiny_cfg, tmp_path):
+    from cpcl_plugin import ConfigError
+    out = _linked(trained_run, tmp_path / "run", ["model_0001.pth"])
+    (out / "last_checkpoint").write_text("model_0001.pth")
+    cfg = tiny_cfg("OUTPUT_DIR", str(out), "MODEL.CLIP.ARCH", "RN50", "INPUT.SIZE_TRAIN",
+                   "[64, 64]", "INPUT.SIZE_TEST", "[64, 64]", "SOLVER.MAX_EPOCH", "3")
+    trainer = CPCLTrainer(cfg)
+    with pytest.raises(ConfigError, match=r"--resume: .*model_0001.pth does not match the model "
+                                          r"this config builds \(.*\): resume with the config it "
+                                          r"was trained with"):
+        trainer.resume_or_load(resume=True)
 
 
 def test_eval_only_reproduces_the_final_evaluation(trained_run, data_root, tmp_path):

@@ -42,6 +42,7 @@ from ..evaluation.t2i_evaluation import TextImageEvaluator
 from ..utils.checkpoint import (AtomicCheckpointer, load_model_weights, parameter_digest,
                                 remove_interrupted_writes, unwrap)
 from .pretraining import ensure_pretrained_weights
+from .resume import check_model_fits, finished_run_message
 from .pseudo_labels import PseudoLabelHook
 from .random_state import RandomStates
 from .schedule import WarmupCosineLR, check_schedule
@@ -325,6 +326,7 @@ class CPCLTrainer(DefaultTrainer):
         model) unless MODEL.WEIGHTS_PARTIAL asks for the tensors that fit."""
         if resume and self.checkpointer.has_checkpoint():
             self.checkpointer.last_written = self.checkpointer.get_checkpoint_file()
+            check_model_fits(self.model, self.checkpointer.last_written)
             super().resume_or_load(resume=True)
             schedule = self.scheduler["lr_sched"]
             if isinstance(schedule, WarmupCosineLR):  # its step count, from the epoch resumed
@@ -339,11 +341,9 @@ class CPCLTrainer(DefaultTrainer):
                                partial=self.cfg.MODEL.WEIGHTS_PARTIAL)
         if resume:
             self._restore_best_metric()
-        if self.start_epoch >= self.max_epoch:
-            raise ConfigError(
-                f"{self.cfg.OUTPUT_DIR} holds a run that already finished epoch "
-                f"{self.start_epoch} of SOLVER.MAX_EPOCH {self.max_epoch}: raise SOLVER.MAX_EPOCH "
-                f"to train on, or evaluate it with --eval-only MODEL.WEIGHTS <checkpoint>.")
+        if self.start_epoch >= self.max_epoch:  # the command line's preflight says it earlier
+            raise ConfigError(finished_run_message(self.cfg.OUTPUT_DIR, self.start_epoch,
+                                                   self.max_epoch, self.checkpointer.last_written))
 
     def _restore_best_metric(self):
         """FastReID's PeriodicCheckpointer starts each run with best metric -1, so after a resume

@@ -112,6 +112,38 @@ def check_checkpoint_path(path):
                       f"name the checkpoint in it, e.g. {os.path.join(path, 'model_final.pth')}")
 
 
+def unprefixed(state):
+    """A model state dict without the "module." of a DistributedDataParallel model saved without
+    unwrapping it."""
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def state_differences(own, state):
+    """(missing, unexpected, mismatched) keys of checkpoint `state` against the model's `own`."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    return missing, unexpected, mismatched
+
+
+def mismatch_summary(own, state):
+    """The first difference between checkpoint `state` and the model's `own` tensors, and the
+    counts of each kind; None when they fit exactly."""
+    missing, unexpected, mismatched = state_differences(own, state)
+    if mismatched:
+        k = mismatched[0]
+        first = f"{k} is {tuple(state[k].shape)} in the checkpoint but {tuple(own[k].shape)} in " \
+                f"the model"
+    elif missing:
+        first = f"the checkpoint lacks {missing[0]}"
+    elif unexpected:
+        first = f"the checkpoint has {unexpected[0]}, which the model does not"
+    else:
+        return None
+    return (f"{first}; {len(mismatched)} shapes differ, {len(missing)} missing, "
+            f"{len(unexpected)} extra")
+
+
 def load_model_weights(model, path, partial=False):
     """Load the weights of checkpoint `path` (MODEL.WEIGHTS) into `model` and return the
     checkpoint's dict. A file that is not a checkpoint is one ConfigError; so is one whose tensors
@@ -131,30 +163,19 @@ def load_model_weights(model, path, partial=False):
             not all(torch.is_tensor(v) for v in state.values()):
         raise ConfigError(f"MODEL.WEIGHTS {path} holds no model state dict; pass a model_*.pth "
                           f"written by training.")
-    # Checkpoints of a DistributedDataParallel model saved without unwrapping it.
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = unprefixed(state)
     own = unwrap(model).state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    missing, unexpected, mismatched = state_differences(own, state)
     counts = (f"{len(mismatched)} shapes differ, {len(missing)} missing, "
               f"{len(unexpected)} extra")
     if not (missing or unexpected or mismatched):
         unwrap(model).load_state_dict(state)
         return checkpoint
     if not partial:
-        if mismatched:
-            k = mismatched[0]
-            first = (f"{k} is {tuple(state[k].shape)} in the checkpoint but "
-                     f"{tuple(own[k].shape)} in the model")
-        elif missing:
-            first = f"the checkpoint lacks {missing[0]}"
-        else:
-            first = f"the checkpoint has {unexpected[0]}, which the model does not"
         raise ConfigError(
-            f"MODEL.WEIGHTS {path} does not match the model this config builds ({first}; "
-            f"{counts}): use the config the checkpoint was trained with, or, to start training "
-            f"from the tensors that fit, add MODEL.WEIGHTS_PARTIAL True.")
+            f"MODEL.WEIGHTS {path} does not match the model this config builds "
+            f"({mismatch_summary(own, state)}): use the config the checkpoint was trained with, "
+            f"or, to start training from the tensors that fit, add MODEL.WEIGHTS_PARTIAL True.")
     fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     if not fitting:
         raise ConfigError(f"MODEL.WEIGHTS {path} has no tensor that fits the model this config "

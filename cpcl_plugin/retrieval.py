@@ -32,8 +32,19 @@ def list_images(folder):
     """Every image file under `folder` (recursively, sorted), or one DatasetError."""
     if not os.path.isdir(folder):
         raise DatasetError(f"Gallery folder {folder} does not exist.")
-    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
-                   for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+    paths, seen = [], {os.path.realpath(folder)}
+    # Linked folders are followed as linked files are; each real folder is read once (a link
+    # to a folder above would loop, two links to one folder would list it twice).
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        kept = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, d))
+            if real not in seen:
+                seen.add(real)
+                kept.append(d)
+        dirs[:] = kept
+        paths += [os.path.join(root, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+    paths.sort()
     if not paths:
         raise DatasetError(f"Gallery folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
                            f"point --gallery-dir at the folder that holds them.")

@@ -141,8 +141,14 @@ def test_search_choice_and_its_log(caplog):
         resolve_search("fast", 10, 10)
     with caplog.at_level("INFO", logger="cpcl_plugin.clustering"):
         cluster(clustered_features(300), search="auto", exact_max=200)
-    assert "approximate search ('auto', exact up to 200 rows)" in caplog.text
+    assert "approximate search (PSEUDO.SEARCH 'auto': exact up to PSEUDO.EXACT_MAX 200 rows)" \
+        in caplog.text
     assert "approximate kNN: IVF" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="cpcl_plugin.clustering"):  # forced: no row limit said
+        cluster(clustered_features(150), search="approximate", exact_max=200)
+    assert "approximate search (PSEUDO.SEARCH 'approximate'), " in caplog.text
+    assert "exact up to" not in caplog.text
 
 
 def test_float16_features_cluster_like_float32():

@@ -385,6 +385,7 @@ def test_degenerate_clusterings_keep_training(tiny_cfg, opts, expect_prototypes,
     assert extracted == [(np.float16, np.float16)]  # the pass keeps half-precision features
     # The search that ran, for each modality (tiny sets: exact under PSEUDO.SEARCH auto).
     assert caplog.text.count("exact kNN search over ") == 2
-    assert "PSEUDO.SEARCH 'auto' (exact up to PSEUDO.EXACT_MAX 200000), 1 rank: " in caplog.text
+    assert "(PSEUDO.SEARCH 'auto': exact up to PSEUDO.EXACT_MAX 200000 rows), 1 rank: " in \
+        caplog.text
     assert ("loss_v2v" in losses) == expect_prototypes
     assert all(torch.isfinite(v) for v in losses.values())

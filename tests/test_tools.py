@@ -124,6 +124,16 @@ def test_retrieve_bad_input_is_one_sentence(trained, tmp_path, capsys, case):
     # Log lines may come first (loading the model); the error is the last line, one sentence.
     assert code == 2 and err.splitlines()[-1].startswith(f"error: {expected}"), err
     assert "Traceback" not in err and err.count("error:") == 1
+    assert "WEIGHTS_PARTIAL" not in err  # it starts a training; a tool only reads the model
+
+
+def test_a_trained_model_is_loaded_without_claiming_random_weights(trained, caplog):
+    from cpcl_plugin.modeling import load_trained_model
+    opts, weights = trained
+    with caplog.at_level("INFO", logger="cpcl_plugin"):
+        load_trained_model(load_config(TINY, opts + ["MODEL.WEIGHTS", weights]), "this test")
+    assert "random initialisation" not in caplog.text
+    assert f"Model weights from MODEL.WEIGHTS {weights}" in caplog.text
 
 
 def _photo_folder(tmp_path, opts):
@@ -264,3 +274,34 @@ def test_queries_longer_than_the_context_are_named_with_what_is_read(tiny_cfg, c
                            f"the text encoder reads only its first {context - 2} "
                            f"(MODEL.CLIP.CONTEXT_LENGTH {context}) and ignores the rest.")
     assert warnings[1].startswith('Query 3 ("xxx')
+
+
+def test_a_gallery_folder_is_read_through_linked_folders_once(tmp_path):
+    from cpcl_plugin.retrieval import list_images
+    gallery, elsewhere = tmp_path / "gallery", tmp_path / "elsewhere"
+    (gallery / "cam1").mkdir(parents=True)
+    elsewhere.mkdir()
+    for folder, name in ((gallery / "cam1", "a.jpg"), (elsewhere, "b.PNG"), (elsewhere, "c.txt")):
+        (folder / name).write_bytes(b"x")
+    (gallery / "cam2").symlink_to(elsewhere, target_is_directory=True)  # a linked folder
+    (gallery / "cam2-again").symlink_to(elsewhere, target_is_directory=True)
+    (gallery / "cam1" / "up").symlink_to(gallery, target_is_directory=True)  # a loop
+    found = list_images(str(gallery))
+    assert [os.path.relpath(p, gallery) for p in found] == ["cam1/a.jpg", "cam2/b.PNG"]
+
+
+def test_a_queries_file_saved_with_a_byte_order_mark_reads_clean_queries(trained, tmp_path,
+                                                                          capsys):
+    opts, weights = trained
+    queries = tmp_path / "queries.txt"
+    queries.write_bytes("\ufeffa woman in a red coat\r\n\r\nun homme en manteau bleu\n"
+                        .encode("utf-8"))
+    code = _tool("retrieve").main(["--config-file", TINY, "--queries-file", str(queries),
+                                   "--split", "test", "--topk", "2", "--output-dir",
+                                   str(tmp_path / "pics"), *opts, "MODEL.WEIGHTS", weights])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    with open(tmp_path / "pics" / "index.csv", newline="", encoding="utf-8") as f:
+        listed = [row["query"] for row in csv.DictReader(f)]
+    assert listed == ["a woman in a red coat", "un homme en manteau bleu"]
+    for name in os.listdir(tmp_path / "pics"):  # pictures and index are not executable
+        assert not os.stat(tmp_path / "pics" / name).st_mode & 0o111, name

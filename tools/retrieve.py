@@ -88,7 +88,7 @@ def read_queries(args):
     else:
         if not os.path.isfile(args.queries_file):
             raise ConfigError(f"Queries file {args.queries_file} does not exist.")
-        with open(args.queries_file, encoding="utf-8") as f:
+        with open(args.queries_file, encoding="utf-8-sig") as f:  # a BOM is not part of a query
             queries = [line.strip() for line in f if line.strip()]
         if not queries:
             raise ConfigError(f"Queries file {args.queries_file} has no queries: write one "

@@ -25,7 +25,7 @@ import torch
 from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import DBSCAN
 
-from .neighbours import knn, resolve_search
+from .neighbours import knn, resolve_search, search_rule
 
 __all__ = ["jaccard_distance", "cluster", "relabel_in_order", "outliers_as_singletons",
            "EXACT_SEARCH_MAX"]
@@ -297,7 +297,7 @@ def cluster(features, eps=0.6, min_samples=4, k1=30, k2=6, search="auto", neighb
         start = time.perf_counter()
         how = resolve_search(search, n, exact_max)
         neighbours = knn(features, k1, how, **approximate)
-        logger.info(f"kNN of {n} rows: {how} search ({search!r}, exact up to {exact_max} rows), "
+        logger.info(f"kNN of {n} rows: {how} search ({search_rule(search, exact_max)}), "
                     f"{time.perf_counter() - start:.1f} s")
     V = _expanded_weights(features, k1, k2, neighbours)
     graph = _mass_to_distance(_dbscan_graph(V, eps, min_samples))

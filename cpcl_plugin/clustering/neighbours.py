@@ -29,7 +29,8 @@ import faiss
 import numpy as np
 import torch
 
-__all__ = ["SEARCHES", "knn", "knn_share", "resolve_search", "row_share", "ivf_lists", "BLOCK"]
+__all__ = ["SEARCHES", "knn", "knn_share", "resolve_search", "row_share", "ivf_lists",
+           "search_rule", "BLOCK"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,14 @@ def resolve_search(search, n, exact_max):
     if search == "auto":
         return "exact" if n <= exact_max else "approximate"
     return search
+
+
+def search_rule(search, exact_max):
+    """How `search` was chosen, for a log line: PSEUDO.SEARCH's value, with the row limit only
+    where "auto" applies it."""
+    return f"PSEUDO.SEARCH 'auto': exact up to PSEUDO.EXACT_MAX {exact_max} rows" \
+        if search == "auto" else \
+        f"PSEUDO.SEARCH {search!r}"
 
 
 def row_share(n, rank, world_size, block=BLOCK):

@@ -25,7 +25,7 @@ from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
 
 from ..clustering import (cluster, cooccurrence, knn_share, mine_outliers, pseudo_label_quality,
-                          resolve_search, row_share)
+                          resolve_search, row_share, search_rule)
 from ..clustering.oplm import label_sums, normalized_rows
 from ..data.build import build_feature_loader, flatten_pairs
 from ..data.datasets import build_dataset
@@ -195,8 +195,8 @@ class PseudoLabelHook(HookBase):
             ivf = p.IVF
             settings = "" if how == "exact" else \
                 f" (PSEUDO.IVF: NLIST {ivf.NLIST}, NPROBE {ivf.NPROBE})"
-            logger.info(f"{how} kNN search over {len(features)} {unit}{settings}, PSEUDO.SEARCH "
-                        f"{p.SEARCH!r} (exact up to PSEUDO.EXACT_MAX {p.EXACT_MAX}), "
+            logger.info(f"{how} kNN search over {len(features)} {unit}{settings} "
+                        f"({search_rule(p.SEARCH, p.EXACT_MAX)}), "
                         f"{world} rank{'s' if world > 1 else ''}: "
                         f"{time.perf_counter() - start:.1f} s")
         return lists

@@ -248,7 +248,7 @@ def new_picture_path(folder, prefix="query_"):
     while True:
         path = os.path.join(folder, f"{prefix}{n:03d}.png")
         try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # not 0o777
             return path
         except FileExistsError:
             n += 1

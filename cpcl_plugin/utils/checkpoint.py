@@ -144,13 +144,14 @@ def mismatch_summary(own, state):
             f"{len(unexpected)} extra")
 
 
-def load_model_weights(model, path, partial=False):
+def load_model_weights(model, path, partial=False, training=True):
     """Load the weights of checkpoint `path` (MODEL.WEIGHTS) into `model` and return the
     checkpoint's dict. A file that is not a checkpoint is one ConfigError; so is one whose tensors
     do not all fit the model the config builds (naming the first difference; FastReID's loader
     only warns and skips them), unless `partial` (MODEL.WEIGHTS_PARTIAL, for training): then the
     tensors that fit are loaded, the others keep their initialisation, and the log names every
-    one skipped with its shapes."""
+    one skipped with its shapes. `training` False (evaluation and the tools): the message does
+    not offer MODEL.WEIGHTS_PARTIAL, which only starts a training."""
     check_checkpoint_path(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
@@ -172,10 +173,12 @@ def load_model_weights(model, path, partial=False):
         unwrap(model).load_state_dict(state)
         return checkpoint
     if not partial:
+        advice = ", or, to start training from the tensors that fit, add MODEL.WEIGHTS_PARTIAL " \
+                 "True" if training else " (config.yaml beside it)"
         raise ConfigError(
             f"MODEL.WEIGHTS {path} does not match the model this config builds "
-            f"({mismatch_summary(own, state)}): use the config the checkpoint was trained with, "
-            f"or, to start training from the tensors that fit, add MODEL.WEIGHTS_PARTIAL True.")
+            f"({mismatch_summary(own, state)}): use the config the checkpoint was trained "
+            f"with{advice}.")
     fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     if not fitting:
         raise ConfigError(f"MODEL.WEIGHTS {path} has no tensor that fits the model this config "

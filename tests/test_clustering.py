@@ -154,3 +154,13 @@ def test_search_choice_and_its_log(caplog):
 def test_float16_features_cluster_like_float32():
     x = clustered_features(1500, seed=6)
     assert adjusted_rand_score(cluster(x), cluster(x.astype(np.float16))) >= 0.99
+
+
+@pytest.mark.parametrize("n, nlist", [(30, 0), (200, 64)])
+def test_approximate_search_over_few_rows_prints_no_faiss_warning(capfd, n, nlist):
+    x = clustered_features(n)
+    capfd.readouterr()
+    found = knn(x, 5, "approximate", nlist=nlist, nprobe=nlist or 1)
+    assert found.shape == (n, 5) and (found[:, 0] == np.arange(n)).all()
+    out, err = capfd.readouterr()
+    assert "training points" not in out + err and "WARNING" not in out + err

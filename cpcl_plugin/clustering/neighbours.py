@@ -216,8 +216,11 @@ def _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block):
     sample = np.sort(np.random.default_rng(1234).choice(n, min(n, cells * train_per_list),
                                                         replace=False))
     # On the CPU: faiss's gpu=True would spread every rank's k-means over every visible GPU.
+    # min_points_per_centroid 1: with few rows (a small set, or an explicit PSEUDO.IVF.NLIST)
+    # faiss would print a raw "please provide at least 39 training points" to the console; the
+    # cells are only a search index, and ivf_lists already keeps 39 rows a cell by default.
     kmeans = faiss.Kmeans(x.x.shape[1], cells, niter=10, seed=1234, spherical=x.unit,
-                          max_points_per_centroid=train_per_list)
+                          max_points_per_centroid=train_per_list, min_points_per_centroid=1)
     kmeans.train(np.ascontiguousarray(x.take(torch.from_numpy(sample)).cpu().numpy()))
     centres = torch.from_numpy(kmeans.centroids).to(device)
     # Each row's cell, in fixed blocks of rows (the same products on every rank).

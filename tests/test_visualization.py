@@ -115,3 +115,25 @@ def test_a_long_query_is_cut_to_a_few_lines_ending_in_an_ellipsis(tmp_path, word
     assert len(lines) == 4 and lines[-1].endswith(" …")
     assert all(f.getlength(line) <= 500 for line in lines)
     assert visualization._at_most(["one", "two"], 4, f, 500) == ["one", "two"]
+
+
+def test_names_in_other_scripts_are_drawn_or_marked_never_as_empty_boxes(tmp_path):
+    from cpcl_plugin.evaluation.visualization import drawable, font_for
+    size = label_font_size(128)
+    cyrillic, greek = "фото_камера1.png", "εικόνα_2.png"
+    for name in (cyrillic, greek, "plain_ascii.jpg"):
+        f = font_for(name, size)
+        if drawable(name, f) != name:
+            pytest.skip("no font on this machine draws Cyrillic and Greek (DejaVu Sans)")
+    # A character no font draws (private use) is marked "?", the rest drawn.
+    f = font_for("a\U000F0001b", size)
+    assert drawable("a\U000F0001b", f) == "a?b"
+    # The picture of a gallery of such names, end to end.
+    paths = []
+    for i, name in enumerate((cyrillic, greek, "照片.png")):
+        paths.append(str(tmp_path / name))
+        Image.new("RGB", (32, 64), (40 * i, 80, 120)).save(paths[-1])
+    row = draw_query("девушка в красном пальто", np.arange(3), np.array([0.9, 0.5, 0.1]),
+                     paths, str(tmp_path / "q.png"), 3)
+    with Image.open(row["picture"]) as im:
+        assert im.height > 0

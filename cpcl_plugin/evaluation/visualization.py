@@ -22,7 +22,8 @@ from ..data.datasets import load_image
 from ..errors import DatasetError
 from .metrics import average_precision, positive_ranks
 
-__all__ = ["Tile", "draw_ranked_list", "draw_query", "wrap_text", "font", "label_font_size",
+__all__ = ["Tile", "draw_ranked_list", "draw_query", "wrap_text", "font", "font_for", "drawable",
+           "label_font_size",
            "tile_lines", "new_picture_path", "write_picture_index", "THUMB_WIDTH",
            "INDEX_COLUMNS"]
 
@@ -52,6 +53,60 @@ def font(size):
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: no size argument
         return ImageFont.load_default()
+
+
+# Fonts tried in order for characters the bundled one lacks (file names and queries in other
+# scripts), where the machine has them: DejaVu Sans (Latin, Greek, Cyrillic, Arabic, Hebrew, ...),
+# then fonts with Chinese, Japanese and Korean. PIL finds a bare name in the system's font folders.
+FALLBACK_FONTS = ("DejaVuSans.ttf", "NotoSansCJK-Regular.ttc", "NotoSansCJKsc-Regular.otf",
+                  "wqy-microhei.ttc", "wqy-zenhei.ttc", "DroidSansFallbackFull.ttf")
+_NO_GLYPH = "\U000F0000"  # a private-use character: every font draws its "missing" box for it
+
+
+def _font_files():
+    files = list(FALLBACK_FONTS)
+    try:  # matplotlib ships DejaVu Sans (with the bench extra)
+        import matplotlib
+        files.insert(1, os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts",
+                                     "ttf", "DejaVuSans.ttf"))
+    except ImportError:
+        pass
+    return files
+
+
+@functools.lru_cache(maxsize=None)
+def _fonts(size):
+    """The bundled font at `size`, then every fallback font this machine has."""
+    fonts = [font(size)]
+    for name in _font_files():
+        try:
+            fonts.append(ImageFont.truetype(name, size))
+        except OSError:  # not on this machine
+            continue
+    return fonts
+
+
+def _drawing(f, ch):
+    mask = f.getmask(ch)
+    return mask.size, bytes(mask)
+
+
+@functools.lru_cache(maxsize=None)
+def _has_glyph(f, ch):
+    return ch.isspace() or _drawing(f, ch) != _drawing(f, _NO_GLYPH)
+
+
+def font_for(text, size):
+    """The first font at `size` (bundled, then FALLBACK_FONTS) that draws every character of
+    `text`; else the one that draws the most of them."""
+    fonts = _fonts(size)
+    chars = set(text)
+    return max(fonts, key=lambda f: (sum(_has_glyph(f, c) for c in chars), -fonts.index(f)))
+
+
+def drawable(text, f):
+    """`text` with each character that font `f` cannot draw as "?" (rather than an empty box)."""
+    return "".join(c if _has_glyph(f, c) else "?" for c in text)
 
 
 def label_font_size(thumb_width):
@@ -119,12 +174,19 @@ def _split_chars(text, f, width):
 
 
 def tile_lines(tile, f, width, ground_truth=False):
-    """The text under a tile: rank and score, the file name, the identity when known."""
+    """The text under a tile: rank and score, the file name, the identity when known (in font
+    `f`; see tile_font)."""
     rank = f"rank {tile.rank}" if ground_truth else f"#{tile.rank}"
-    lines = [f"{rank}  {tile.score:.3f}"] + _fit_name(os.path.basename(tile.image_path), f, width)
+    name = drawable(os.path.basename(tile.image_path), f)
+    lines = [f"{rank}  {tile.score:.3f}"] + _fit_name(name, f, width)
     if tile.identity is not None:
         lines.append(f"id {tile.identity}")
     return lines
+
+
+def tile_font(tile, size):
+    """The font for a tile's text: one that draws its file name."""
+    return font_for(os.path.basename(tile.image_path), size)
 
 
 def _thumbnail(path, size):
@@ -142,8 +204,11 @@ def draw_ranked_list(caption, tiles, path, summary="", ground_truth=(), ground_t
     `summary` line, the `tiles` (top-k, best first) and, if any, the `ground_truth` tiles under
     `ground_truth_title`. Every size, the text's included, follows `thumb_width`."""
     w = thumb_width
-    label_font, caption_font = font(label_font_size(w)), font(round(1.3 * label_font_size(w)))
-    lh, ch = _line_height(label_font), _line_height(caption_font)
+    label_font = font(label_font_size(w))
+    caption_font = font_for(caption, round(1.3 * label_font_size(w)))
+    caption = drawable(caption, caption_font)
+    # Line heights of the bundled fonts, whichever font draws a text: one grid for every picture.
+    lh, ch = _line_height(label_font), _line_height(font(round(1.3 * label_font_size(w))))
     gap, border = max(6, w // 16), max(3, w // 25)
     tile_w, tile_h = w + 2 * border, 2 * w + 2 * border
     rows = [(f"top {len(tiles)}", list(tiles), False)]
@@ -156,7 +221,9 @@ def draw_ranked_list(caption, tiles, path, summary="", ground_truth=(), ground_t
                              caption_font, text_w)
     summary_lines = wrap_text(summary, label_font, text_w) if summary else []
     titles = [wrap_text(title, label_font, text_w) for title, _, _ in rows]
-    labels = [[tile_lines(t, label_font, tile_w, gt) for t in row] for _, row, gt in rows]
+    tile_fonts = [[tile_font(t, label_font_size(w)) for t in row] for _, row, _ in rows]
+    labels = [[tile_lines(t, f, tile_w, gt) for t, f in zip(row, fonts)]
+              for (_, row, gt), fonts in zip(rows, tile_fonts)]
     label_h = [max(len(ls) for ls in row) * lh if row else 0 for row in labels]
     height = gap + len(caption_lines) * ch + len(summary_lines) * lh + gap
     height += sum(len(t) * lh + tile_h + h + gap for t, h in zip(titles, label_h))
@@ -171,16 +238,17 @@ def draw_ranked_list(caption, tiles, path, summary="", ground_truth=(), ground_t
         draw.text((gap, y), line, fill=(60, 60, 60), font=label_font)
         y += lh
     y += gap
-    for (_, row, _), title, row_labels, h in zip(rows, titles, labels, label_h):
+    for (_, row, _), title, row_labels, fonts, h in zip(rows, titles, labels, tile_fonts,
+                                                        label_h):
         for line in title:
             draw.text((gap, y), line, fill=(60, 60, 60), font=label_font)
             y += lh
-        for i, (tile, lines) in enumerate(zip(row, row_labels)):
+        for i, (tile, lines, tile_f) in enumerate(zip(row, row_labels, fonts)):
             left = gap + i * (tile_w + gap)
             draw.rectangle([left, y, left + tile_w - 1, y + tile_h - 1], fill=COLORS[tile.correct])
             canvas.paste(_thumbnail(tile.image_path, (w, 2 * w)), (left + border, y + border))
             for j, line in enumerate(lines):
-                draw.text((left, y + tile_h + 1 + j * lh), line, fill=(0, 0, 0), font=label_font)
+                draw.text((left, y + tile_h + 1 + j * lh), line, fill=(0, 0, 0), font=tile_f)
         y += tile_h + h + gap
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     canvas.save(path, format="PNG")

@@ -9,6 +9,7 @@ pictures has an index.csv and an index.html listing its queries.
 """
 import csv
 import functools
+import importlib.util
 import html
 import os
 import re
@@ -65,12 +66,10 @@ _NO_GLYPH = "\U000F0000"  # a private-use character: every font draws its "missi
 
 def _font_files():
     files = list(FALLBACK_FONTS)
-    try:  # matplotlib ships DejaVu Sans (with the bench extra)
-        import matplotlib
-        files.insert(1, os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts",
+    matplotlib = importlib.util.find_spec("matplotlib")  # ships DejaVu Sans (the bench extra)
+    if matplotlib and matplotlib.origin:
+        files.insert(1, os.path.join(os.path.dirname(matplotlib.origin), "mpl-data", "fonts",
                                      "ttf", "DejaVuSans.ttf"))
-    except ImportError:
-        pass
     return files
 
 

@@ -105,3 +105,29 @@ def test_a_killed_rank_is_named(data_root, tmp_path):
     assert proc.returncode != 0
     assert "error: the process of rank 1" in stderr and "SIGKILL" in stderr, stderr[-3000:]
     assert "log.txt.rank1" in stderr
+
+
+def test_only_the_newest_periodic_checkpoints_are_kept(tiny_cfg, tmp_path):
+    from cpcl_plugin import CPCLTrainer
+    from cpcl_plugin.modeling.pretrained import pretrained_weights_path
+    out = tmp_path / "out"
+    cfg = tiny_cfg("OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "4", "SOLVER.CHECKPOINT_KEEP",
+                   "2", "PSEUDO.ENABLED", "False")
+    trainer = CPCLTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    kept = sorted(p.name for p in out.glob("model_*.pth"))
+    # Epochs 0-2 write model_000N.pth, the last one model_final.pth (FastReID's names).
+    assert kept == ["model_0001.pth", "model_0002.pth", "model_best.pth", "model_final.pth"]
+    assert (out / "last_checkpoint").read_text() in kept
+    # Bookkeeping, not what a recipe trains: the pretrained cache's name does not change with it.
+    recipe = os.path.join(REPO, "tests", "configs", "tiny-pretrain.yml")
+    hashes = {pretrained_weights_path(tiny_cfg("MODEL.CLIP.PRETRAINED", str(r))).rsplit("-", 1)[1]
+              for r in (recipe, _recipe_keeping(tmp_path, recipe, 5))}
+    assert len(hashes) == 1
+
+
+def _recipe_keeping(folder, recipe, n):
+    path = folder / "keeping.yml"
+    path.write_text(f"_BASE_: {recipe}\nSOLVER:\n  CHECKPOINT_KEEP: {n}\n")
+    return path

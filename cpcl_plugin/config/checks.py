@@ -69,6 +69,7 @@ RANGES = {
     "SOLVER.WARMUP_FACTOR": ("in (0, 1]", "the fraction of SOLVER.BASE_LR warm-up starts from"),
     "SOLVER.WARMUP_ITERS": ">= 0",
     "SOLVER.CHECKPOINT_PERIOD": ">= 1",
+    "SOLVER.CHECKPOINT_KEEP": ">= 0",
     "SOLVER.IMS_PER_BATCH": (">= 2", "the contrastive loss needs a negative in the batch"),
     "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": "> 0",
     "SOLVER.CLIP_GRADIENTS.NORM_TYPE": "> 0",

@@ -169,6 +169,10 @@ def add_cpcl_config(cfg):
     # ---- training loop ---------------------------------------------------------------------------
     # Iterations between two lines of training metrics (console, metrics.json, TensorBoard).
     _C.SOLVER.LOG_PERIOD = 20
+    # Periodic checkpoints (model_NNNN.pth, every SOLVER.CHECKPOINT_PERIOD epochs) kept in
+    # OUTPUT_DIR: the newest N, older ones removed as new ones are written; 0 keeps all (FastReID's
+    # way). model_best.pth and model_final.pth are never removed.
+    _C.SOLVER.CHECKPOINT_KEEP = 0
 
     # ---- evaluation ------------------------------------------------------------------------------
     # Evaluate once before training and print that table beside the final one.

@@ -106,6 +106,7 @@ class CPCLTrainer(DefaultTrainer):
                                                **({"grad_scaler": self._grad_scaler}
                                                   if self._grad_scaler else {}),
                                                **self.scheduler)
+        self.checkpointer.keep = cfg.SOLVER.CHECKPOINT_KEEP
         self.start_epoch = 0
         self.max_epoch = cfg.SOLVER.MAX_EPOCH
         self.max_iter = self.max_epoch * self.iters_per_epoch

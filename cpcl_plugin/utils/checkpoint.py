@@ -14,6 +14,7 @@
 import hashlib
 import logging
 import os
+import re
 
 import torch
 from fastreid.utils.checkpoint import Checkpointer
@@ -64,6 +65,10 @@ def remove_interrupted_writes(folder):
     return names
 
 
+# A periodic checkpoint's file name (model_best.pth and model_final.pth are not).
+PERIODIC = re.compile(r"model_(\d+)\.pth")
+
+
 class AtomicCheckpointer(Checkpointer):
     """FastReID's Checkpointer whose files appear complete or not at all: each checkpoint is
     written to a temporary file and renamed into place, so a crash mid-save never leaves a
@@ -71,6 +76,7 @@ class AtomicCheckpointer(Checkpointer):
     last checkpoint this run wrote or resumed from (not another run's, from a reused folder)."""
 
     last_written = None
+    keep = 0  # SOLVER.CHECKPOINT_KEEP: periodic checkpoints kept, the newest; 0: all
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
@@ -85,6 +91,18 @@ class AtomicCheckpointer(Checkpointer):
         write_atomically(path, lambda tmp: _torch_save_synced(data, tmp))
         self.tag_last_checkpoint(basename)
         self.last_written = path
+        if self.keep and PERIODIC.fullmatch(basename):
+            self._remove_older_periodic()
+
+    def _remove_older_periodic(self):
+        """Keep the newest `keep` periodic checkpoints (model_NNNN.pth, by epoch number)."""
+        periodic = sorted((int(m[1]), n) for n in os.listdir(self.save_dir)
+                          for m in [PERIODIC.fullmatch(n)] if m)
+        older = [n for _, n in periodic[:-self.keep]]
+        for name in older:
+            os.remove(os.path.join(self.save_dir, name))
+        if older:
+            self.logger.info(f"Removed {', '.join(older)} (SOLVER.CHECKPOINT_KEEP {self.keep})")
 
     def tag_last_checkpoint(self, last_filename_basename):
         def write(tmp):

@@ -33,8 +33,9 @@ def error_summary(err, limit=160):
     if not lines:
         return type(err).__name__
     line = lines[0]
-    if len(line) > limit:  # whole sentences where they fit, else whole words: never mid-word
+    if len(line) > limit:  # whole sentences where they fit, else whole words ("…" marks the cut)
         cut = line[:limit]
-        end = cut.rfind(". ")
-        line = cut[:end + 1] if end > 0 else cut[:cut.rfind(" ")].rstrip(",;:") + " …"
+        end, space = cut.rfind(". "), cut.rfind(" ")
+        line = cut[:end + 1] if end > 0 else \
+            (cut[:space] if space > 0 else cut).rstrip(",;:") + " …"
     return f"{type(err).__name__}: {line}"

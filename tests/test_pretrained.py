@@ -175,25 +175,39 @@ def test_a_damaged_cache_is_found_by_its_checksum_and_made_again(tiny_cfg, tmp_p
     assert "pretraining" not in _said(capfd)
 
 
-def test_runs_asking_for_the_same_weights_at_once_pretrain_them_once(tmp_path, data_root):
+def test_runs_asking_for_the_same_weights_at_once_pretrain_them_once(tmp_path, data_root,
+                                                                    tiny_cfg):
     import subprocess
     import sys
+    import time
+    from filelock import FileLock
     recipe = tmp_path / "web.yml"
     recipe.write_text(f"_BASE_: {TINY_PRETRAIN}\nSOLVER:\n  BASE_LR: 0.004\n")
+    path = pretrained_weights_path(tiny_cfg("MODEL.CLIP.PRETRAINED", str(recipe)))
     code = ("import sys; from cpcl_plugin import load_config\n"
             "from cpcl_plugin.engine.pretraining import ensure_pretrained_weights\n"
             f"cfg = load_config({os.path.join(REPO, 'tests', 'configs', 'tiny.yml')!r}, "
             f"['MODEL.CLIP.PRETRAINED', {str(recipe)!r}, 'DATASETS.ROOT', {data_root!r}])\n"
-            "print('WEIGHTS', ensure_pretrained_weights(cfg))")
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for _ in range(2)]
-    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
-    assert [proc.returncode for proc in procs] == [0, 0], outputs
-    assert sum("pretraining once" in out for out in outputs) == 1
-    assert sum("another run is pretraining" in out for out in outputs) == 1
-    weights = {line for out in outputs for line in out.splitlines() if line.startswith("WEIGHTS")}
-    assert len(weights) == 1
+            "print('WEIGHTS', ensure_pretrained_weights(cfg), flush=True)")
+    outputs = [tmp_path / f"run{i}.txt" for i in range(2)]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # Both runs start while the lock is held (as by a third run pretraining), so that both
+    # reach it: when it is released, one pretrains and the other keeps waiting.
+    with FileLock(path + ".lock"):
+        procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=open(o, "w"),
+                                  stderr=subprocess.STDOUT) for o in outputs]
+        deadline = time.time() + 120
+        while time.time() < deadline and not all(
+                "another run is pretraining" in o.read_text() for o in outputs):
+            time.sleep(0.5)
+    for proc in procs:
+        proc.wait(timeout=600)
+    said = [o.read_text() for o in outputs]
+    assert [proc.returncode for proc in procs] == [0, 0], said
+    assert all("another run is pretraining" in out for out in said)
+    assert sum("pretraining once" in out for out in said) == 1
+    assert {line for out in said for line in out.splitlines() if line.startswith("WEIGHTS")} == \
+        {f"WEIGHTS {path}"}
 
 
 def _processes_with(text):
@@ -262,8 +276,10 @@ def test_only_the_working_folders_of_stopped_runs_are_removed(tmp_path):
     import subprocess
     import sys
     import time
+    from cpcl_plugin.utils import workdirs
     from cpcl_plugin.utils.workdirs import make_work_folder, remove_leftover_work_folders
-    host = socket.gethostname()
+    host = workdirs._machine()  # the host name and, on Linux, the pid namespace
+    assert host.startswith(socket.gethostname())
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()  # its pid no longer runs
     mine = make_work_folder(str(tmp_path), ".work-")
@@ -271,6 +287,8 @@ def test_only_the_working_folders_of_stopped_runs_are_removed(tmp_path):
     names = {"stopped": f".work-{host}-{ended.pid}-a1b2c3d4",
              "other machine, named like this one": f".work-{host}-x-1-{ended.pid}-zz_9yy8x",
              "other machine": f".work-node-07-{ended.pid}-a1b2c3d4",
+             "another container, same host name":
+                 f".work-{socket.gethostname()}.1-{ended.pid}-a1b2c3d4",
              "unowned, idle": ".work-q9w8e7r6", "unowned, busy": ".work-m1n2b3v4",
              "not a working folder": "SyntheticPedes-0123456789"}
     for name in names.values():

@@ -259,16 +259,17 @@ def test_queries_longer_than_the_context_are_named_with_what_is_read(tiny_cfg, c
     from cpcl_plugin.retrieval import warn_long_queries
     tokenizer = build_tokenizer(tiny_cfg())
     context = tokenizer.context_length  # 48 in the tiny config
-    fits = "a man in a blue coat"
-    long_ones = [" ".join(["a woman in a red coat"] * 20), "x" * 5000 + " shoes"]
+    fits = "a man in a blue coat!!!"  # "!" is token 0, like the padding
+    long_ones = [" ".join(["a woman in a red coat"] * 20), "x" * 5000 + " shoes",
+                 "穿红色外套背着黑色背包的女人" * 3]  # 42 characters, each several tokens
     for query in [fits] + long_ones:  # the count is what the tokenizer would read untruncated
         n = tokenizer.num_tokens(query)
-        assert (n <= context) == (query == fits)
-        assert int((tokenizer(query) != 0).sum()) == min(n, context)
+        assert (n <= context) == (query == fits), query
+        assert int(tokenizer(query).nonzero().max()) + 1 == min(n, context)
     with caplog.at_level("WARNING", logger="cpcl_plugin.retrieval"):
         warn_long_queries([fits, *long_ones], tokenizer)
     warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 2
+    assert len(warnings) == 3
     n = tokenizer.num_tokens(long_ones[0])
     assert warnings[0] == (f'Query 2 ("{long_ones[0][:60].rstrip()}…") is {n - 2} tokens long; '
                            f"the text encoder reads only its first {context - 2} "

@@ -213,3 +213,54 @@ def test_eval_only_reproduces_the_final_evaluation(trained_run, data_root, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _last_results_row(proc.stdout + proc.stderr) == _last_results_row(log)
     assert "Text-to-image results of" in (tmp_path / "eval" / "log.txt").read_text()
+
+
+def _interrupted_run(folder, cfg, edit_saved=None):
+    """A folder as a run of `cfg` leaves it after epoch 0: its config.yaml (changed by
+    `edit_saved`, a function of the config) and a checkpoint."""
+    import torch
+    saved = cfg.clone()
+    saved.defrost()
+    if edit_saved:
+        edit_saved(saved)
+    (folder / "config.yaml").write_text(saved.dump())
+    torch.save({"epoch": 0, "model": {}}, folder / "model_0000.pth")
+    (folder / "last_checkpoint").write_text("model_0000.pth")
+
+
+def test_a_resume_of_a_run_from_an_older_version_takes_new_keys_as_their_defaults(tmp_path,
+                                                                                  tiny_cfg):
+    from cpcl_plugin.engine.resume import check_resume
+
+    def older_version(saved):  # as if these keys came with a later version
+        del saved.MODEL.CLIP["GRAD_CHECKPOINTING"]
+        del saved.DATASETS.SYNTHETIC["PRESET"]
+        del saved.SOLVER["CHECKPOINT_KEEP"]
+    cfg = tiny_cfg("OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_EPOCH", "3")
+    _interrupted_run(tmp_path, cfg, older_version)
+    # At their defaults (GRAD_CHECKPOINTING False, PRESET ""), nothing to say; the tiny config
+    # keeps 3 checkpoints where the default keeps all: said, and no schedule consequence.
+    assert check_resume(cfg) == ["--resume: SOLVER.CHECKPOINT_KEEP was 0 in the interrupted run "
+                                 "and is 3 now; the run goes on with the new value."]
+
+
+def test_a_resume_refuses_only_what_its_checkpoint_cannot_continue(tmp_path, tiny_cfg):
+    from cpcl_plugin import ConfigError
+    from cpcl_plugin.engine.resume import check_resume
+    cfg = tiny_cfg("OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_EPOCH", "3")
+    _interrupted_run(tmp_path, cfg)
+    # The project's own advice after a bad image or out of memory, other loss weights: choices,
+    # each said.
+    choices = tiny_cfg("OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_EPOCH", "3",
+                       "DATASETS.SKIP_BAD_IMAGES", "True", "MODEL.CLIP.GRAD_CHECKPOINTING",
+                       "True", "MODEL.CPCL.CROSS_WEIGHT", "0.5")
+    said = check_resume(choices)
+    assert [line.split()[1] for line in said] == ["DATASETS.SKIP_BAD_IMAGES",
+                                                  "MODEL.CLIP.GRAD_CHECKPOINTING",
+                                                  "MODEL.CPCL.CROSS_WEIGHT"]
+    assert not any("learning-rate" in line for line in said)
+    for change in (["MODEL.CLIP.CONTEXT_LENGTH", "32"], ["DATASETS.NAMES", '("CUHKPEDES",)'],
+                   ["DATASETS.SYNTHETIC.SEED", "3"]):
+        with pytest.raises(ConfigError, match=f"--resume: .* trained with {change[0]} "):
+            check_resume(tiny_cfg("OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_EPOCH", "3",
+                                  *change))

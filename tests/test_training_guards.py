@@ -111,13 +111,17 @@ def test_only_the_newest_periodic_checkpoints_are_kept(tiny_cfg, tmp_path):
     from cpcl_plugin import CPCLTrainer
     from cpcl_plugin.modeling.pretrained import pretrained_weights_path
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "model_0029.pth").write_bytes(b"an earlier run's later epoch, written before")
+    os.utime(out / "model_0029.pth", (1, 1))
     cfg = tiny_cfg("OUTPUT_DIR", str(out), "SOLVER.MAX_EPOCH", "4", "SOLVER.CHECKPOINT_KEEP",
                    "2", "PSEUDO.ENABLED", "False")
     trainer = CPCLTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     kept = sorted(p.name for p in out.glob("model_*.pth"))
-    # Epochs 0-2 write model_000N.pth, the last one model_final.pth (FastReID's names).
+    # Epochs 0-2 write model_000N.pth, the last one model_final.pth (FastReID's names); the
+    # newest written are kept, whatever their epoch numbers.
     assert kept == ["model_0001.pth", "model_0002.pth", "model_best.pth", "model_final.pth"]
     assert (out / "last_checkpoint").read_text() in kept
     # Bookkeeping, not what a recipe trains: the pretrained cache's name does not change with it.

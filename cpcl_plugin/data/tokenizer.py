@@ -21,9 +21,11 @@ class CaptionTokenizer:
     def num_tokens(self, caption):
         """How many tokens `caption` has before truncation, start and end tokens included (more
         than context_length: the encoder reads only the first context_length - 1 and the end)."""
-        # A token covers at least one character: this context never truncates.
-        untruncated = self._tokenizer([caption], context_length=len(caption) + 2)[0]
-        return int((untruncated != 0).sum())
+        # Byte-level BPE: a token covers at least one UTF-8 byte, so this context never truncates.
+        # Padding is 0 after the end token (a token inside may be 0 too: "!").
+        untruncated = self._tokenizer([caption],
+                                      context_length=len(caption.encode("utf-8")) + 2)[0]
+        return int(untruncated.nonzero().max()) + 1
 
     def batch(self, captions):
         """Tokens of several captions at once, shape (len(captions), context_length)."""

@@ -398,6 +398,9 @@ def resolve_dist_url(dist_url, num_machines, machine_rank):
     url = urlparse(dist_url)
     if url.scheme == "tcp" and machine_rank == 0 and url.port:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As torch's store binds: a port held only by connections of a run that just ended
+            # (TIME_WAIT) is free, one with a listener is not.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("", url.port))
             except OSError as err:
@@ -424,8 +427,12 @@ def launch_run(args, preflight, worker):
     if environment_launch is not None:
         return _run_as_environment_rank(args, environment_launch, preflight, worker)
     try:
+        several = args.num_gpus * args.num_machines > 1
+        if several and (args.dist_url != "auto" or args.num_machines > 1):
+            # A taken port, or auto across machines: said before a preflight of minutes.
+            resolve_dist_url(args.dist_url, args.num_machines, args.machine_rank)
         cfg = preflight(args, args.num_gpus * args.num_machines)
-        if args.num_gpus * args.num_machines > 1:  # logged by each process (launch_summary)
+        if several:  # logged by each process (launch_summary)
             args.dist_url = resolve_dist_url(args.dist_url, args.num_machines, args.machine_rank)
     except (ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -101,7 +101,10 @@ def _cache_is_whole(path):
         torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001  whatever the damage, the cache is remade
         return False
-    _write_checksum(path)
+    try:
+        _write_checksum(path)
+    except OSError:  # a read-only cache folder: used as it is, checked by loading each time
+        pass
     return True
 
 
@@ -126,7 +129,7 @@ def ensure_pretrained_weights(cfg):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     # Working folders of runs killed while pretraining (any recipe's), at every start.
     remove_leftover_work_folders(os.path.dirname(path), _WORK_PREFIX, _say)
-    if os.path.isfile(path + ".sha256") and _cache_is_whole(path):  # the common case, no lock
+    if _cache_is_whole(path):  # the common case: no lock (the cache folder may be read-only)
         return path
     lock = FileLock(path + ".lock")
     try:
@@ -142,6 +145,8 @@ def ensure_pretrained_weights(cfg):
             _say(f"The cached pretrained weights {path} are damaged (their SHA-256 does not "
                  f"match {path}.sha256, or torch cannot read them): pretraining them again.",
                  warning=True)
+        if os.path.isfile(path + ".sha256"):  # the old file's: never beside the new weights
+            os.remove(path + ".sha256")
         _pretrain(cfg, recipe, path)
     finally:
         lock.release()
@@ -157,7 +162,8 @@ def _pretrain(cfg, recipe, path):
          f"--config-file {recipe}); the weights are cached in {path}")
     try:
         # Its log goes to stderr: the caller's stdout may be a result (a benchmark's tables).
-        proc = subprocess.run([sys.executable, "-c", _CHILD_MAIN.format(parent=os.getpid()),
+        proc = subprocess.run([sys.executable, "-c",
+                               _CHILD_MAIN.replace("{parent}", str(os.getpid())),
                                "--config-file", recipe, "DATASETS.ROOT", root, "OUTPUT_DIR",
                                work], stdout=sys.stderr)
         final = os.path.join(work, "model_final.pth")

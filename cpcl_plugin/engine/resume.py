@@ -6,8 +6,10 @@ said once per key in the log. The command line's preflight calls `check_resume`.
 import os
 
 import torch
+from fastreid.config import get_cfg
 from yacs.config import CfgNode
 
+from ..config import add_cpcl_config
 from ..errors import ConfigError, error_summary
 from ..utils.checkpoint import mismatch_summary, unprefixed, unwrap
 
@@ -15,12 +17,25 @@ __all__ = ["check_model_fits", "check_resume", "config_differences", "finished_r
            "last_checkpoint"]
 
 # Keys whose change would continue a checkpoint into another model or onto other data: its
-# tensors, optimizer state, memory, pseudo labels and best metric belong to the old ones. The
-# image size decides the CLIP tower's position embeddings when MODEL.CLIP.IMAGE_SIZE is empty.
-_REFUSED = ("MODEL.", "DATASETS.", "INPUT.SIZE_TRAIN")
-# ... except these, which change where things are or what is evaluated, not what was trained.
-_ALLOWED = ("MODEL.DEVICE", "MODEL.WEIGHTS", "MODEL.WEIGHTS_PARTIAL", "DATASETS.ROOT",
-            "DATASETS.TESTS")
+# tensors and optimizer state belong to the old architecture, its memory, pseudo labels and best
+# metric to the old training set. The image size decides the CLIP tower's position embeddings
+# when MODEL.CLIP.IMAGE_SIZE is empty. Loss weights, temperatures, gradient checkpointing, the
+# device, the data's location, skipping undecodable images and the test sets are choices.
+_REFUSED = ("MODEL.META_ARCHITECTURE", "MODEL.BACKBONE.", "MODEL.HEADS.", "MODEL.TEXT_ENCODER.",
+            "MODEL.IMAGE_HEAD.", "MODEL.CLIP.ARCH", "MODEL.CLIP.IMAGE_SIZE",
+            "MODEL.CLIP.CONTEXT_LENGTH", "INPUT.SIZE_TRAIN", "DATASETS.NAMES",
+            "DATASETS.COMBINEALL", "DATASETS.SYNTHETIC.", "DATASETS.TEXT_IMAGE_JSON.")
+# Keys that shape the learning-rate schedule (a change is said with that consequence).
+_SCHEDULE = ("SOLVER.MAX_EPOCH", "SOLVER.BASE_LR", "SOLVER.ETA_MIN_LR", "SOLVER.WARMUP_",
+             "SOLVER.DELAY_EPOCHS", "SOLVER.SCHED", "SOLVER.STEPS", "SOLVER.GAMMA",
+             "SOLVER.IMS_PER_BATCH", "SOLVER.HEADS_LR_FACTOR", "SOLVER.BIAS_LR_FACTOR")
+
+
+def default_config():
+    """Every key with its default (FastReID's and the plugin's), no file read."""
+    cfg = get_cfg()
+    add_cpcl_config(cfg)
+    return cfg
 
 
 def _flat(node, prefix=""):
@@ -83,8 +98,11 @@ def check_resume(cfg):
     if os.path.isfile(saved):
         with open(saved) as f:
             old = CfgNode.load_cfg(f)
-        changes = [c for c in config_differences(old, cfg) if c[0] != "OUTPUT_DIR"]
-        refused = [c for c in changes if c[0].startswith(_REFUSED) and c[0] not in _ALLOWED]
+        # Keys the saved config lacks came with a newer version of the plugin; the interrupted
+        # run worked as their defaults do.
+        old = {**_flat(default_config()), **_flat(old)}
+        changes = [c for c in config_differences(old, _flat(cfg)) if c[0] != "OUTPUT_DIR"]
+        refused = [c for c in changes if c[0].startswith(_REFUSED)]
         if refused:
             key, was, now = refused[0]
             what = "data" if key.startswith("DATASETS.") else "model"
@@ -98,7 +116,7 @@ def check_resume(cfg):
         for key, was, now in changes:
             why = (" (the learning-rate schedule follows the new value from the resumed epoch "
                    "on, so the rates differ from the interrupted run's)"
-                   if key.startswith("SOLVER.") else "")
+                   if key.startswith(_SCHEDULE) else "")
             said.append(f"--resume: {key} was {_shown(was)} in the interrupted run and is "
                         f"{_shown(now)} now; the run goes on with the new value{why}.")
     else:

@@ -92,13 +92,15 @@ class AtomicCheckpointer(Checkpointer):
         self.tag_last_checkpoint(basename)
         self.last_written = path
         if self.keep and PERIODIC.fullmatch(basename):
-            self._remove_older_periodic()
+            self._remove_older_periodic(basename)
 
-    def _remove_older_periodic(self):
-        """Keep the newest `keep` periodic checkpoints (model_NNNN.pth, by epoch number)."""
-        periodic = sorted((int(m[1]), n) for n in os.listdir(self.save_dir)
-                          for m in [PERIODIC.fullmatch(n)] if m)
-        older = [n for _, n in periodic[:-self.keep]]
+    def _remove_older_periodic(self, written):
+        """Keep the `keep` periodic checkpoints (model_NNNN.pth) written last, `written` (this
+        save's) always among them: by write time, not epoch number, as a folder may hold another
+        run's later epochs."""
+        others = [n for n in os.listdir(self.save_dir) if PERIODIC.fullmatch(n) and n != written]
+        others.sort(key=lambda n: os.path.getmtime(os.path.join(self.save_dir, n)))
+        older = others[:max(0, len(others) - (self.keep - 1))]
         for name in older:
             os.remove(os.path.join(self.save_dir, name))
         if older:

@@ -18,9 +18,18 @@ _RANDOM = r"[a-z0-9_]{8}"
 UNOWNED_IDLE_SECONDS = 3600
 
 
+def _machine():
+    """This machine as process ids see it: its host name and, on Linux, its pid namespace
+    (containers sharing a host name, e.g. with the host's network, count as other machines)."""
+    try:
+        return f"{socket.gethostname()}.{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return socket.gethostname()
+
+
 def make_work_folder(parent, prefix):
     """A new, empty folder in `parent`: `prefix`, this machine, this process id, a random part."""
-    return tempfile.mkdtemp(prefix=f"{prefix}{socket.gethostname()}-{os.getpid()}-", dir=parent)
+    return tempfile.mkdtemp(prefix=f"{prefix}{_machine()}-{os.getpid()}-", dir=parent)
 
 
 def _process_runs(pid):
@@ -52,7 +61,7 @@ def remove_leftover_work_folders(parent, prefix, report, now=None):
         return []
     owned = re.compile(rf"{re.escape(prefix)}(?P<host>.+)-(?P<pid>\d+)-{_RANDOM}")
     unowned = re.compile(rf"{re.escape(prefix)}{_RANDOM}")
-    host, now = socket.gethostname(), time.time() if now is None else now
+    host, now = _machine(), time.time() if now is None else now
     removed = []
     for name in sorted(os.listdir(parent)):
         path = os.path.join(parent, name)

@@ -264,3 +264,16 @@ def test_a_resume_refuses_only_what_its_checkpoint_cannot_continue(tmp_path, tin
         with pytest.raises(ConfigError, match=f"--resume: .* trained with {change[0]} "):
             check_resume(tiny_cfg("OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_EPOCH", "3",
                                   *change))
+
+
+def test_a_resume_says_which_saved_keys_this_version_no_longer_has(tmp_path, tiny_cfg):
+    from cpcl_plugin.engine.resume import check_resume
+
+    def from_another_version(saved):
+        saved.DATASETS.SYNTHETIC.set_new_allowed(True)
+        saved.DATASETS.SYNTHETIC.RETIRED_KEY = 7
+    cfg = tiny_cfg("OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_EPOCH", "3", "SOLVER.CHECKPOINT_KEEP",
+                   "0")
+    _interrupted_run(tmp_path, cfg, from_another_version)
+    assert check_resume(cfg) == ["--resume: DATASETS.SYNTHETIC.RETIRED_KEY (7 in the interrupted "
+                                 "run) is not a key of this version; it is ignored."]

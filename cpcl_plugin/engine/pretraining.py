@@ -145,6 +145,9 @@ def ensure_pretrained_weights(cfg):
             _say(f"The cached pretrained weights {path} are damaged (their SHA-256 does not "
                  f"match {path}.sha256, or torch cannot read them): pretraining them again.",
                  warning=True)
+            # Gone while they are made again: a run starting meanwhile must wait, not adopt
+            # them (a file torch still reads would otherwise pass as an older, unchecked cache).
+            os.remove(path)
         if os.path.isfile(path + ".sha256"):  # the old file's: never beside the new weights
             os.remove(path + ".sha256")
         _pretrain(cfg, recipe, path)

@@ -81,7 +81,7 @@ def finished_run_message(output_dir, epochs_done, max_epoch, checkpoint):
 
 
 def _shown(value):
-    return "(not set)" if value is None else repr(value)
+    return repr(value)
 
 
 def check_resume(cfg):
@@ -102,7 +102,8 @@ def check_resume(cfg):
         # run worked as their defaults do.
         old = {**_flat(default_config()), **_flat(old)}
         changes = [c for c in config_differences(old, _flat(cfg)) if c[0] != "OUTPUT_DIR"]
-        refused = [c for c in changes if c[0].startswith(_REFUSED)]
+        # A key this version no longer has is said, never refused.
+        refused = [c for c in changes if c[0].startswith(_REFUSED) and c[2] is not None]
         if refused:
             key, was, now = refused[0]
             what = "data" if key.startswith("DATASETS.") else "model"
@@ -114,6 +115,10 @@ def check_resume(cfg):
                 f"{what}: resume with the settings in {saved}, or train into a new OUTPUT_DIR "
                 f"(MODEL.WEIGHTS {checkpoint} starts from its weights).")
         for key, was, now in changes:
+            if now is None:
+                said.append(f"--resume: {key} ({_shown(was)} in the interrupted run) is not a key "
+                            f"of this version; it is ignored.")
+                continue
             why = (" (the learning-rate schedule follows the new value from the resumed epoch "
                    "on, so the rates differ from the interrupted run's)"
                    if key.startswith(_SCHEDULE) else "")

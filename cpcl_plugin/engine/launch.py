@@ -428,12 +428,13 @@ def launch_run(args, preflight, worker):
         return _run_as_environment_rank(args, environment_launch, preflight, worker)
     try:
         several = args.num_gpus * args.num_machines > 1
-        if several and (args.dist_url != "auto" or args.num_machines > 1):
+        pick_port = several and args.dist_url == "auto" and args.num_machines == 1
+        if several and not pick_port:
             # A taken port, or auto across machines: said before a preflight of minutes.
             resolve_dist_url(args.dist_url, args.num_machines, args.machine_rank)
         cfg = preflight(args, args.num_gpus * args.num_machines)
-        if several:  # logged by each process (launch_summary)
-            args.dist_url = resolve_dist_url(args.dist_url, args.num_machines, args.machine_rank)
+        if pick_port:  # after the preflight, so the port is still free; each process logs it
+            args.dist_url = resolve_dist_url("auto", 1, args.machine_rank)
     except (ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -32,8 +32,8 @@ test: install
 bench: install
 	$(PY) benchmarks/run_all.py
 
-# The world's validity criteria, every ablation row and the held-out data seeds 2 and 3: 60
-# training runs, about 7 hours on two cores. Finished runs are kept per commit in logs/bench/, so
+# The world's validity criteria, every ablation row and the held-out data seeds 2 and 3: 87
+# training runs, about 12 hours on two cores. Finished runs are kept per commit in logs/bench/, so
 # it resumes where it stopped and reuses `make bench`'s runs of the same commit.
 bench-ablation: install
 	$(PY) benchmarks/run_all.py --only ablation

@@ -70,6 +70,18 @@ ROWS = {
     # the pseudo labels still reach the memory and every prototype loss.
     "full_shuffled": ("full CPCL in shuffled batches (departure: PSEUDO.PK_BATCHES False)",
                       ["PSEUDO.PK_BATCHES", "False"]),
+    # Departure (issue 20's diagnosis): the shuffled row with pseudo labels made to be right more
+    # often. Chosen on data seeds 0-1 by benchmarks/pseudo_label_settings.py (mean ARI of both
+    # modalities on ITC's features after 4, 8 and 12 epochs): min_samples 2, as a person has about
+    # 3 views and 6 captions here (4 left a single person's views no core point), k2 2 (6
+    # averaged each row over more neighbours than a person has views), eps 0.3; image labels ARI
+    # 0.10 -> 0.21 and precision 6% -> 18% on the features after 4 epochs, captions 0.31 -> 0.34
+    # and 27% -> 38%. On the pretrained features no setting gives image labels above 7% precision,
+    # so the first 4 epochs train ITC alone (PSEUDO.START_EPOCH).
+    "full_tuned": ("full CPCL in shuffled batches, labels from epoch 4 with the clustering chosen "
+                   "on data seeds 0-1 (departure)",
+                   ["PSEUDO.PK_BATCHES", "False", "PSEUDO.START_EPOCH", "4", "PSEUDO.EPS", "0.3",
+                    "PSEUDO.MIN_SAMPLES", "2", "PSEUDO.K2", "2"]),
     "true_cpcl": ("full CPCL losses on true identities", []),
     # Shuffled batches, as IRRA trains it (its default sampler) and as the published gains of
     # identity labels through SDM were measured; P x K batches are CPCL's sampling, not IRRA's.
@@ -119,6 +131,7 @@ FIXED_LABEL_ROWS = TRUE_LABEL_ROWS + ("sdm_images",)
 PLOT_LABELS = {
     "zeroshot": "zero-shot", "itc": "ITC only\n(baseline)", "pmm": "+ PMM", "hcm": "+ HCM",
     "full": "+ OPLM\n(full CPCL)", "full_shuffled": "full CPCL,\nshuffled batches",
+    "full_tuned": "full CPCL, shuffled,\nlabels chosen, late",
     "true_cpcl": "CPCL on true\nidentities",
     "oracle": "supervised\nupper bound",
     "true_cpcl_no_t2t": "CPCL on true ids,\nno text-to-text",
@@ -534,7 +547,7 @@ def gap_verdict(results, seeds, data_seed):
     """Each full CPCL row (the paper's and its departure) against ITC on mAP, in units of the
     pooled seed std, and the share of the supervised bound's gap over ITC it closes."""
     lines = []
-    for row in ("full", "full_shuffled"):
+    for row in ("full", "full_shuffled", "full_tuned"):
         if not all((r, data_seed, s) in results for r in ("itc", row) for s in seeds) or \
                 len(seeds) < 2:
             continue

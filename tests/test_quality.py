@@ -60,7 +60,7 @@ def test_an_unreadable_results_file_is_named_before_any_training(tmp_path):
 
 def test_the_ablation_by_default_leaves_the_diagnosis_rows_to_be_asked_for():
     assert quality.MAIN_ROWS == ["zeroshot", "itc", "pmm", "hcm", "full", "full_shuffled",
-                                 "true_cpcl", "oracle"]
+                                 "full_tuned", "true_cpcl", "oracle"]
     assert not set(quality.MAIN_ROWS) & set(quality.DIAGNOSIS)
     assert set(quality.DIAGNOSIS) <= set(quality.ROWS)
 
@@ -124,3 +124,27 @@ def test_make_bench_shares_its_quality_runs_with_the_ablation_only_for_a_clean_c
     # The long sections are asked for; `make bench` asks the question in brief.
     assert {"ablation", "diagnosis", "scale", "clustering"} <= set(run_all.ON_REQUEST)
     assert "quality" not in run_all.ON_REQUEST
+
+
+def test_the_settings_sweep_scores_each_clustering_setting_against_the_identities(data_root,
+                                                                                   tmp_path):
+    out = tmp_path / "settings.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "pseudo_label_settings.py"), "--config",
+         os.path.join(REPO, "tests", "configs", "tiny-quality.yml"), "--data-seeds", "5",
+         "--eps", "0.2", "0.7", "--min-samples", "2", "--k1", "5", "--k2", "2",
+         "--oplm-threshold", "-1", "--data-root", data_root, "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [(r["data_seed"], r["model"], r["eps"]) for r in rows] == [(5, "pretrained", 0.2),
+                                                                     (5, "pretrained", 0.7)]
+    for r in rows:
+        for modality in ("image", "text"):
+            q = r[modality]
+            assert 0 <= q["precision"] <= 1 and 0 <= q["recall"] <= 1 and -1 <= q["ari"] <= 1
+    # Without OPLM, DBSCAN at a smaller radius keeps at least as many outliers (each core point
+    # and each neighbourhood of the larger radius contains the smaller one's).
+    for modality in ("image", "text"):
+        assert rows[0][modality]["outlier_share"] >= rows[1][modality]["outlier_share"]
+    assert "eps 0.20 min_samples 2 k1  5 k2 2: image P" in proc.stdout

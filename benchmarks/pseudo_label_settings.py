@@ -1,0 +1,110 @@
+"""Which clustering settings give pseudo labels close to the identities? (issue 20)
+
+    python benchmarks/pseudo_label_settings.py --data-seeds 0 1
+    python benchmarks/pseudo_label_settings.py --data-seeds 0 1 --weights A.pth B.pth
+
+Encodes the quality benchmark's target (benchmarks/configs/ablation.yml) training images and
+captions once per data seed and per model (the pretrained weights the rows start from, and any
+trained `--weights`), then clusters each modality with every setting of the grid as the
+pseudo-label pass does (k-reciprocal Jaccard distance, DBSCAN, then OPLM) and prints each
+setting's pairwise precision, recall, ARI and clusters per identity against the identities.
+
+MONITORING ONLY: identity labels score the settings here, on the data seeds that choose them
+(0 and 1); the held-out data seeds (2 and 3) are never read by this script's defaults.
+"""
+import argparse
+import itertools
+import json
+import os
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+sys.path.insert(0, REPO)
+
+
+def encoded_training_set(data_root, data_seed, weights, opts):
+    """(image features, caption features, pair_image, image identities, caption identities) of
+    the target's training split, encoded with `weights` (None: the pretrained weights)."""
+    import torch
+    from quality import row_config
+
+    from cpcl_plugin import CPCLTrainer
+    from cpcl_plugin.data import build_dataset
+    from cpcl_plugin.data.build import build_feature_loader, build_text_image_train_loader
+    from cpcl_plugin.evaluation.features import extract_features
+    from cpcl_plugin.modeling.build import load_trained_model
+    cfg = row_config("full", 0, data_root, "", data_seed,
+                     list(opts) + (["MODEL.WEIGHTS", weights] if weights else []))
+    model = load_trained_model(cfg, "this benchmark") if weights else \
+        CPCLTrainer.build_model(cfg).eval()
+    train_set = build_text_image_train_loader(cfg).dataset
+    with torch.no_grad():
+        text_f, image_f, _ = extract_features(model, *build_feature_loader(cfg, train_set))
+    image_ids = np.array([r.pid for name in cfg.DATASETS.NAMES
+                          for r in build_dataset(cfg, name).split("train")])
+    return (np.asarray(image_f), np.asarray(text_f), np.asarray(train_set.pair_image), image_ids,
+            image_ids[np.asarray(train_set.pair_image)])
+
+
+def settings_quality(encoded, eps, min_samples, k1, k2, oplm_threshold):
+    """Quality of the image and caption labels (after OPLM) of one clustering setting."""
+    from cpcl_plugin.clustering import cluster, mine_outliers, pseudo_label_quality
+    image_f, text_f, pair_image, image_ids, caption_ids = encoded
+    kwargs = dict(eps=eps, min_samples=min_samples, k1=k1, k2=k2, search="exact")
+    y_v, y_t = cluster(image_f, **kwargs), cluster(text_f, **kwargs)
+    if oplm_threshold is not None:
+        y_v, y_t, _ = mine_outliers(y_v, y_t, pair_image, image_f, text_f, oplm_threshold)
+    return {"image": pseudo_label_quality(y_v, image_ids),
+            "text": pseudo_label_quality(y_t, caption_ids)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--weights", nargs="*", default=[],
+                        help="trained checkpoints to encode with, besides the pretrained weights "
+                             "(each used with every data seed; name them per seed with SEED=PATH)")
+    parser.add_argument("--eps", nargs="+", type=float, default=[0.3, 0.4, 0.5, 0.6, 0.7])
+    parser.add_argument("--min-samples", nargs="+", type=int, default=[2, 3, 4])
+    parser.add_argument("--k1", nargs="+", type=int, default=[10, 20, 30])
+    parser.add_argument("--k2", nargs="+", type=int, default=[6])
+    parser.add_argument("--oplm-threshold", type=float, default=0.5,
+                        help="PSEUDO.OPLM.THRESHOLD; a negative value leaves OPLM out")
+    parser.add_argument("--data-root", default=os.path.join(REPO, "datasets"))
+    parser.add_argument("--json", help="write every setting's quality here")
+    parser.add_argument("--config", help="the target config (default: the quality benchmark's)")
+    parser.add_argument("opts", nargs="*", help="config overrides, KEY VALUE pairs")
+    args = parser.parse_args()
+    threshold = None if args.oplm_threshold < 0 else args.oplm_threshold
+    if args.config:  # as benchmarks/quality.py's row_config reads it
+        args.opts = ["--config", os.path.abspath(args.config)] + list(args.opts)
+    rows = []
+    for data_seed in args.data_seeds:
+        models = [("pretrained", None)]
+        for w in args.weights:
+            seed, _, path = w.rpartition("=")
+            if not seed or int(seed) == data_seed:
+                models.append((os.path.basename(os.path.dirname(path)) + "/" +
+                               os.path.basename(path), path))
+        for name, weights in models:
+            encoded = encoded_training_set(args.data_root, data_seed, weights, args.opts)
+            for eps, ms, k1, k2 in itertools.product(args.eps, args.min_samples, args.k1, args.k2):
+                q = settings_quality(encoded, eps, ms, k1, k2, threshold)
+                rows.append(dict(data_seed=data_seed, model=name, eps=eps, min_samples=ms,
+                                 k1=k1, k2=k2, **q))
+                print(f"data seed {data_seed} {name:<28} eps {eps:.2f} min_samples {ms} k1 {k1:>2} "
+                      f"k2 {k2}: " + "; ".join(
+                          f"{m} P {100 * q[m]['precision']:5.1f}% R {100 * q[m]['recall']:5.1f}% "
+                          f"ARI {q[m]['ari']:.3f} ({q[m]['clusters_per_identity']:.2f}/id, "
+                          f"{100 * q[m]['outlier_share']:.0f}% out)" for m in ("image", "text")),
+                      flush=True)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,9 @@ Encodes the quality benchmark's target (benchmarks/configs/ablation.yml) trainin
 captions once per data seed and per model (the pretrained weights the rows start from, and any
 trained `--weights`), then clusters each modality with every setting of the grid as the
 pseudo-label pass does (k-reciprocal Jaccard distance, DBSCAN, then OPLM) and prints each
-setting's pairwise precision, recall, ARI and clusters per identity against the identities.
+setting's pairwise precision, recall, ARI and clusters per identity against the identities. Per
+encoding it also prints how many of each row's 5 nearest rows show the same person: what bounds
+any clustering of those features.
 
 MONITORING ONLY: identity labels score the settings here, on the data seeds that choose them
 (0 and 1); the held-out data seeds (2 and 3) are never read by this script's defaults.
@@ -47,6 +49,21 @@ def encoded_training_set(data_root, data_seed, weights, opts):
                           for r in build_dataset(cfg, name).split("train")])
     return (np.asarray(image_f), np.asarray(text_f), np.asarray(train_set.pair_image), image_ids,
             image_ids[np.asarray(train_set.pair_image)])
+
+
+def neighbour_agreement(features, identities, k=5):
+    """Share of each row's k nearest other rows (cosine, same modality) that show the same
+    person, averaged over rows: how far any clustering of these features can be right."""
+    from cpcl_plugin.clustering.neighbours import knn
+    lists = knn(np.ascontiguousarray(features, dtype=np.float32), k + 1, "exact")
+    others = np.array([[j for j in row if j != i][:k] for i, row in enumerate(lists)])
+    return float((identities[others] == identities[:, None]).mean())
+
+
+def best_agreement(identities, k=5):
+    """neighbour_agreement of perfect features: a person's other rows, at most k of them."""
+    _, inverse, counts = np.unique(identities, return_inverse=True, return_counts=True)
+    return float(np.minimum(counts[inverse] - 1, k).mean() / k)
 
 
 def settings_quality(encoded, eps, min_samples, k1, k2, oplm_threshold):
@@ -91,10 +108,18 @@ def main():
                                os.path.basename(path), path))
         for name, weights in models:
             encoded = encoded_training_set(args.data_root, data_seed, weights, args.opts)
+            image_f, text_f, _, image_ids, caption_ids = encoded
+            agreement = {m: neighbour_agreement(f, ids) for m, f, ids in
+                         (("image", image_f, image_ids), ("text", text_f, caption_ids))}
+            print(f"data seed {data_seed} {name:<28} nearest 5 rows of the same person: "
+                  f"images {100 * agreement['image']:.1f}% (perfect features: "
+                  f"{100 * best_agreement(image_ids):.1f}%), captions "
+                  f"{100 * agreement['text']:.1f}% ({100 * best_agreement(caption_ids):.1f}%)",
+                  flush=True)
             for eps, ms, k1, k2 in itertools.product(args.eps, args.min_samples, args.k1, args.k2):
                 q = settings_quality(encoded, eps, ms, k1, k2, threshold)
                 rows.append(dict(data_seed=data_seed, model=name, eps=eps, min_samples=ms,
-                                 k1=k1, k2=k2, **q))
+                                 k1=k1, k2=k2, neighbour_agreement=agreement, **q))
                 print(f"data seed {data_seed} {name:<28} eps {eps:.2f} min_samples {ms} k1 {k1:>2} "
                       f"k2 {k2}: " + "; ".join(
                           f"{m} P {100 * q[m]['precision']:5.1f}% R {100 * q[m]['recall']:5.1f}% "

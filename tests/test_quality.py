@@ -148,3 +148,5 @@ def test_the_settings_sweep_scores_each_clustering_setting_against_the_identitie
     for modality in ("image", "text"):
         assert rows[0][modality]["outlier_share"] >= rows[1][modality]["outlier_share"]
     assert "eps 0.20 min_samples 2 k1  5 k2 2: image P" in proc.stdout
+    assert "nearest 5 rows of the same person: images" in proc.stdout
+    assert 0 <= rows[0]["neighbour_agreement"]["image"] <= 1

@@ -76,7 +76,7 @@ ROWS = {
     # 3 views and 6 captions here (4 left a single person's views no core point), k2 2 (6
     # averaged each row over more neighbours than a person has views), eps 0.3; image labels ARI
     # 0.10 -> 0.21 and precision 6% -> 18% on the features after 4 epochs, captions 0.31 -> 0.34
-    # and 27% -> 38%. On the pretrained features no setting gives image labels above 7% precision,
+    # and 27% -> 38%. On the pretrained features no setting gives image labels above 7.5% precision,
     # so the first 4 epochs train ITC alone (PSEUDO.START_EPOCH).
     "full_tuned": ("full CPCL in shuffled batches, labels from epoch 4 with the clustering chosen "
                    "on data seeds 0-1 (departure)",

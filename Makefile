@@ -26,7 +26,7 @@ test: install
 	$(PY) -m pytest -q tests -n 2 --dist loadfile --durations=15
 
 # Every benchmark but those on request below; rewrites docs/benchmarks.md and docs/img/. Its
-# quality section asks the question in brief: ITC, full CPCL and its shuffled-batch departure, 3
+# quality section asks the question in brief: ITC, full CPCL and its departure full_tuned, 3
 # seeds each, on data seed 0 (9 training runs of 12-20 minutes, two at a time). Estimated at about
 # 80 minutes on two cores from world v2's run times; not yet timed end to end.
 bench: install

@@ -544,7 +544,7 @@ def summary(results, rows, seeds, data_seed, ceiling):
 
 
 def gap_verdict(results, seeds, data_seed):
-    """Each full CPCL row (the paper's and its departure) against ITC on mAP, in units of the
+    """Each full CPCL row (the paper's and its departures) against ITC on mAP, in units of the
     pooled seed std, and the share of the supervised bound's gap over ITC it closes."""
     lines = []
     for row in ("full", "full_shuffled", "full_tuned"):

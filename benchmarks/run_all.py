@@ -68,8 +68,8 @@ BENCHMARKS = [
     ("ablation", "Ablation and validity on the synthetic dataset",
      ["benchmarks/quality.py", "--rows", *MAIN_ROWS, *CHECK_ROWS, "--plot",
       "docs/img/ablation.png", "--held-out", "2", "3", "--held-out-rows", "zeroshot", "itc",
-      "full", "full_shuffled", "full_tuned", "true_cpcl", "oracle", *CHECK_ROWS, "--held-out-seeds", "0", "1", "2", "--results",
-      "RUNS"], "ablation.png",
+      "full", "full_shuffled", "full_tuned", "true_cpcl", "oracle", *CHECK_ROWS,
+      "--held-out-seeds", "0", "1", "2", "--results", "RUNS"], "ablation.png",
      "Does each part of CPCL help, and how far is it from training on the true identities? The "
      "validity criteria come first: a world that fails one cannot answer the question. The "
      "target settings were chosen on data seeds 0 and 1; data seeds 2 and 3 are held out. The "

@@ -9,7 +9,8 @@ trained `--weights`), then clusters each modality with every setting of the grid
 pseudo-label pass does (k-reciprocal Jaccard distance, DBSCAN, then OPLM) and prints each
 setting's pairwise precision, recall, ARI and clusters per identity against the identities. Per
 encoding it also prints how many of each row's 5 nearest rows show the same person: what bounds
-any clustering of those features.
+any clustering of those features. Features are kept in float32 (the pass keeps float16 copies,
+which can move a tie).
 
 MONITORING ONLY: identity labels score the settings here, on the data seeds that choose them
 (0 and 1); the held-out data seeds (2 and 3) are never read by this script's defaults.
@@ -84,10 +85,11 @@ def main():
     parser.add_argument("--weights", nargs="*", default=[],
                         help="trained checkpoints to encode with, besides the pretrained weights "
                              "(each used with every data seed; name them per seed with SEED=PATH)")
-    parser.add_argument("--eps", nargs="+", type=float, default=[0.3, 0.4, 0.5, 0.6, 0.7])
-    parser.add_argument("--min-samples", nargs="+", type=int, default=[2, 3, 4])
-    parser.add_argument("--k1", nargs="+", type=int, default=[10, 20, 30])
-    parser.add_argument("--k2", nargs="+", type=int, default=[6])
+    # The grid that chose the row full_tuned's clustering (docs/benchmarks.md).
+    parser.add_argument("--eps", nargs="+", type=float, default=[0.3, 0.4, 0.5])
+    parser.add_argument("--min-samples", nargs="+", type=int, default=[2, 4])
+    parser.add_argument("--k1", nargs="+", type=int, default=[5, 10, 20])
+    parser.add_argument("--k2", nargs="+", type=int, default=[2, 3, 6])
     parser.add_argument("--oplm-threshold", type=float, default=0.5,
                         help="PSEUDO.OPLM.THRESHOLD; a negative value leaves OPLM out")
     parser.add_argument("--data-root", default=os.path.join(REPO, "datasets"))
@@ -98,6 +100,12 @@ def main():
     threshold = None if args.oplm_threshold < 0 else args.oplm_threshold
     if args.config:  # as benchmarks/quality.py's row_config reads it
         args.opts = ["--config", os.path.abspath(args.config)] + list(args.opts)
+    for w in args.weights:
+        seed, _, path = w.rpartition("=")
+        if seed and not seed.isdigit():
+            parser.error(f"--weights {w}: write SEED=PATH with an integer data seed, or PATH alone.")
+        if not os.path.isfile(path):
+            parser.error(f"--weights {w}: no file {path}; name a checkpoint (model_final.pth).")
     rows = []
     for data_seed in args.data_seeds:
         models = [("pretrained", None)]

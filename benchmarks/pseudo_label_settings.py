@@ -27,6 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 sys.path.insert(0, REPO)
 
+from cpcl_plugin.clustering.neighbours import knn  # noqa: E402  (the path above)
+
 
 def encoded_training_set(data_root, data_seed, weights, opts):
     """(image features, caption features, pair_image, image identities, caption identities) of
@@ -35,8 +37,8 @@ def encoded_training_set(data_root, data_seed, weights, opts):
     from quality import row_config
 
     from cpcl_plugin import CPCLTrainer
-    from cpcl_plugin.data import build_dataset
     from cpcl_plugin.data.build import build_feature_loader, build_text_image_train_loader
+    from cpcl_plugin.engine.pseudo_labels import monitoring_identities
     from cpcl_plugin.evaluation.features import extract_features
     from cpcl_plugin.modeling.build import load_trained_model
     cfg = row_config("full", 0, data_root, "", data_seed,
@@ -46,19 +48,15 @@ def encoded_training_set(data_root, data_seed, weights, opts):
     train_set = build_text_image_train_loader(cfg).dataset
     with torch.no_grad():
         text_f, image_f, _ = extract_features(model, *build_feature_loader(cfg, train_set))
-    image_ids = np.array([r.pid for name in cfg.DATASETS.NAMES
-                          for r in build_dataset(cfg, name).split("train")])
-    return (np.asarray(image_f), np.asarray(text_f), np.asarray(train_set.pair_image), image_ids,
-            image_ids[np.asarray(train_set.pair_image)])
+    return (np.asarray(image_f), np.asarray(text_f), np.asarray(train_set.pair_image),
+            *monitoring_identities(cfg))
 
 
 def neighbour_agreement(features, identities, k=5):
     """Share of each row's k nearest other rows (cosine, same modality) that show the same
     person, averaged over rows: how far any clustering of these features can be right."""
-    from cpcl_plugin.clustering.neighbours import knn
-    lists = knn(np.ascontiguousarray(features, dtype=np.float32), k + 1, "exact")
-    others = np.array([[j for j in row if j != i][:k] for i, row in enumerate(lists)])
-    return float((identities[others] == identities[:, None]).mean())
+    others = knn(np.ascontiguousarray(features, dtype=np.float32), k + 1, "exact")[:, 1:]
+    return float((identities[others] == identities[:, None]).mean())  # knn: own index first
 
 
 def best_agreement(identities, k=5):
@@ -67,12 +65,14 @@ def best_agreement(identities, k=5):
     return float(np.minimum(counts[inverse] - 1, k).mean() / k)
 
 
-def settings_quality(encoded, eps, min_samples, k1, k2, oplm_threshold):
-    """Quality of the image and caption labels (after OPLM) of one clustering setting."""
+def settings_quality(encoded, neighbours, eps, min_samples, k2, oplm_threshold):
+    """Quality of the image and caption labels (after OPLM) of one clustering setting, from the
+    (image, caption) neighbour lists of its k1."""
     from cpcl_plugin.clustering import cluster, mine_outliers, pseudo_label_quality
     image_f, text_f, pair_image, image_ids, caption_ids = encoded
-    kwargs = dict(eps=eps, min_samples=min_samples, k1=k1, k2=k2, search="exact")
-    y_v, y_t = cluster(image_f, **kwargs), cluster(text_f, **kwargs)
+    kwargs = dict(eps=eps, min_samples=min_samples, k1=neighbours[0].shape[1], k2=k2)
+    y_v = cluster(image_f, neighbours=neighbours[0], **kwargs)
+    y_t = cluster(text_f, neighbours=neighbours[1], **kwargs)
     if oplm_threshold is not None:
         y_v, y_t, _ = mine_outliers(y_v, y_t, pair_image, image_f, text_f, oplm_threshold)
     return {"image": pseudo_label_quality(y_v, image_ids),
@@ -124,8 +124,10 @@ def main():
                   f"{100 * best_agreement(image_ids):.1f}%), captions "
                   f"{100 * agreement['text']:.1f}% ({100 * best_agreement(caption_ids):.1f}%)",
                   flush=True)
+            # One search per k1 and modality, shared by every setting with that k1.
+            lists = {k1: (knn(image_f, k1, "exact"), knn(text_f, k1, "exact")) for k1 in args.k1}
             for eps, ms, k1, k2 in itertools.product(args.eps, args.min_samples, args.k1, args.k2):
-                q = settings_quality(encoded, eps, ms, k1, k2, threshold)
+                q = settings_quality(encoded, lists[k1], eps, ms, k2, threshold)
                 rows.append(dict(data_seed=data_seed, model=name, eps=eps, min_samples=ms,
                                  k1=k1, k2=k2, neighbour_agreement=agreement, **q))
                 print(f"data seed {data_seed} {name:<28} eps {eps:.2f} min_samples {ms} k1 {k1:>2} "

@@ -121,6 +121,8 @@ DIAGNOSIS = {
     "full_late": ("ITC for 3 epochs, then full CPCL", ["PSEUDO.START_EPOCH", "3"]),
 }
 MAIN_ROWS = list(ROWS)
+# Full CPCL as the paper builds it and its departures: each one's verdict against ITC.
+FULL_ROWS = ("full", "full_shuffled", "full_tuned")
 ROWS.update(DIAGNOSIS)
 ROWS.update(CHECKS)
 TRUE_LABEL_ROWS = ("true_cpcl", "oracle", "true_cpcl_no_t2t", "itc_id", "oracle_pk", "itc_pk")
@@ -547,7 +549,7 @@ def gap_verdict(results, seeds, data_seed):
     """Each full CPCL row (the paper's and its departures) against ITC on mAP, in units of the
     pooled seed std, and the share of the supervised bound's gap over ITC it closes."""
     lines = []
-    for row in ("full", "full_shuffled", "full_tuned"):
+    for row in FULL_ROWS:
         if not all((r, data_seed, s) in results for r in ("itc", row) for s in seeds) or \
                 len(seeds) < 2:
             continue

@@ -21,7 +21,7 @@ import sys
 import time
 
 import torch
-from quality import MAIN_ROWS  # benchmarks/quality.py, beside this script
+from quality import FULL_ROWS, MAIN_ROWS  # benchmarks/quality.py, beside this script
 
 # The headline rows (the quality section, in `make bench`) and the rows that check the world
 # (validity criteria d and c', in the ablation section).
@@ -68,7 +68,7 @@ BENCHMARKS = [
     ("ablation", "Ablation and validity on the synthetic dataset",
      ["benchmarks/quality.py", "--rows", *MAIN_ROWS, *CHECK_ROWS, "--plot",
       "docs/img/ablation.png", "--held-out", "2", "3", "--held-out-rows", "zeroshot", "itc",
-      "full", "full_shuffled", "full_tuned", "true_cpcl", "oracle", *CHECK_ROWS,
+      *FULL_ROWS, "true_cpcl", "oracle", *CHECK_ROWS,
       "--held-out-seeds", "0", "1", "2", "--results", "RUNS"], "ablation.png",
      "Does each part of CPCL help, and how far is it from training on the true identities? The "
      "validity criteria come first: a world that fails one cannot answer the question. The "

@@ -11,7 +11,7 @@ Built to scale to a million pairs: features are collected in float16 (every rank
 them), each rank sums only its share of the rows into the prototypes (one all-reduce combines the
 shares), and the co-occurrence is sparse. Each pass logs the peak memory of every rank.
 
-Training never reads identity labels. The one place that does is `_monitoring_identities`, used
+Training never reads identity labels. The one place that does is `monitoring_identities`, used
 only to log how good the pseudo labels are, clearly apart from everything that trains.
 """
 import hashlib
@@ -133,6 +133,15 @@ def memory_contents(image_features, text_features, image_labels, text_labels, pa
             cooccurrence(image_labels[pair_image], text_labels, kv, kt))
 
 
+def monitoring_identities(cfg):
+    """MONITORING ONLY: (image identities, caption identities) of DATASETS.NAMES' training
+    images and captions, read from the dataset files, in training-set order. Never passed to
+    anything that trains."""
+    records = [r for name in cfg.DATASETS.NAMES for r in build_dataset(cfg, name).split("train")]
+    image_ids = np.array([r.pid for r in records])
+    return image_ids, image_ids[[i for i, _ in flatten_pairs(records)]]
+
+
 class PseudoLabelHook(HookBase):
 
     def __init__(self, cfg):
@@ -247,14 +256,9 @@ class PseudoLabelHook(HookBase):
 
     # -- reporting ------------------------------------------------------------------------------
     def _monitoring_identities(self):
-        """MONITORING ONLY: identity labels of the training images and captions, read from the
-        dataset files, in training-set order. Never passed to anything that trains."""
+        """MONITORING ONLY: monitoring_identities(cfg), read once."""
         if self._true_ids is None:
-            records = [r for name in self.cfg.DATASETS.NAMES
-                       for r in build_dataset(self.cfg, name).split("train")]
-            image_ids = np.array([r.pid for r in records])
-            caption_ids = image_ids[[i for i, _ in flatten_pairs(records)]]
-            self._true_ids = (image_ids, caption_ids)
+            self._true_ids = monitoring_identities(self.cfg)
         return self._true_ids
 
     def _report(self, stats, peak_memory):

@@ -80,10 +80,6 @@ def finished_run_message(output_dir, epochs_done, max_epoch, checkpoint):
             f"with --eval-only MODEL.WEIGHTS {checkpoint}.")
 
 
-def _shown(value):
-    return repr(value)
-
-
 def check_resume(cfg):
     """Before a resumed run writes anything: raise ConfigError when OUTPUT_DIR's run was trained
     with another model or other data (keys of _REFUSED), or has trained every epoch of
@@ -110,20 +106,20 @@ def check_resume(cfg):
             more = f" (and {len(refused) - 1} more: " + ", ".join(k for k, _, _ in refused[1:]) + \
                 ")" if len(refused) > 1 else ""
             raise ConfigError(
-                f"--resume: {output_dir} holds a run trained with {key} {_shown(was)}, and this "
-                f"config has {_shown(now)}{more}; its checkpoint cannot continue with another "
+                f"--resume: {output_dir} holds a run trained with {key} {was!r}, and this "
+                f"config has {now!r}{more}; its checkpoint cannot continue with another "
                 f"{what}: resume with the settings in {saved}, or train into a new OUTPUT_DIR "
                 f"(MODEL.WEIGHTS {checkpoint} starts from its weights).")
         for key, was, now in changes:
             if now is None:
-                said.append(f"--resume: {key} ({_shown(was)} in the interrupted run) is not a key "
+                said.append(f"--resume: {key} ({was!r} in the interrupted run) is not a key "
                             f"of this version; it is ignored.")
                 continue
             why = (" (the learning-rate schedule follows the new value from the resumed epoch "
                    "on, so the rates differ from the interrupted run's)"
                    if key.startswith(_SCHEDULE) else "")
-            said.append(f"--resume: {key} was {_shown(was)} in the interrupted run and is "
-                        f"{_shown(now)} now; the run goes on with the new value{why}.")
+            said.append(f"--resume: {key} was {was!r} in the interrupted run and is "
+                        f"{now!r} now; the run goes on with the new value{why}.")
     else:
         said.append(f"--resume: {saved} is missing, so this run's settings cannot be compared "
                     f"with the interrupted run's; the run goes on with this config.")

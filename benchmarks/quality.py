@@ -48,6 +48,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -355,8 +356,8 @@ def prepare(data_root, data_seeds, extra_opts):
     for data_seed in data_seeds:
         cfg = row_config("zeroshot", 0, data_root, "", data_seed, extra_opts)
         data = build_dataset(cfg, cfg.DATASETS.NAMES[0])
-        stats = dataset_statistics(data)
-        stats["chance_R1"] = chance_r1(data.split("test"))
+        stats = dataset_statistics(data, cfg.TEST.IDS_PER_GALLERY)
+        stats["chance_R1"] = chance_r1(data.split("test"), cfg.TEST.IDS_PER_GALLERY)
         stats["preset"] = cfg.DATASETS.SYNTHETIC.PRESET
         targets[data_seed] = data, stats
     ensure_pretrained_weights(cfg)
@@ -365,11 +366,16 @@ def prepare(data_root, data_seeds, extra_opts):
     return tables, {d: stats for d, (_, stats) in targets.items()}
 
 
-def chance_r1(test_records):
-    """R1 (%) of a ranking in random order: per caption, its person's share of the gallery."""
-    pids, counts = np.unique([r.pid for r in test_records], return_counts=True)
-    per_image = dict(zip(pids.tolist(), counts.tolist()))
-    shares = [per_image[r.pid] / len(test_records) for r in test_records for _ in r.captions]
+def chance_r1(test_records, ids_per_gallery=0):
+    """R1 (%) of a ranking in random order: per caption, its person's share of the gallery it
+    searches (its group's with TEST.IDS_PER_GALLERY > 0)."""
+    from cpcl_plugin.evaluation.metrics import identity_groups
+    pids = [r.pid for r in test_records]
+    group = identity_groups(pids, ids_per_gallery) if ids_per_gallery > 0 else {}
+    images = Counter(pids)
+    gallery = Counter(group.get(p, 0) for p in pids)
+    shares = [images[r.pid] / gallery[group.get(r.pid, 0)]
+              for r in test_records for _ in r.captions]
     return 100.0 * float(np.mean(shares))
 
 

@@ -225,3 +225,44 @@ def test_per_query_ap_of_the_pictures_averages_to_the_map(seed):
     assert 100 * np.mean([r[0] == 1 for r in ranks]) == pytest.approx(expected["R1"])
     assert average_precision([]) is None
     assert average_precision([2, 5]) == pytest.approx(100 * (1 / 2 + 2 / 5) / 2)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_searching_galleries_of_a_few_people_pools_every_query(seed):
+    """TEST.IDS_PER_GALLERY: each query ranked within its own group's images, the metrics pooled
+    over all queries, equal the textbook metrics of each group weighted by its queries."""
+    from cpcl_plugin.evaluation.metrics import identity_groups, within_groups
+    sim, qp, gp = random_case(seed, nq=60, ng=50, nids=11)
+    group = identity_groups(gp, 3)
+    assert sorted(set(group.values())) == [0, 1, 2, 3]  # round(11 / 3) groups, in gallery order
+    ids = list(dict.fromkeys(gp.tolist()))
+    assert [group[i] for i in ids] == sorted(group[i] for i in ids)
+    ours = t2i_metrics(within_groups(sim, qp, gp, 3), qp, gp)
+    pooled, total = OrderedDict((k, 0.0) for k in ours), 0
+    for g in set(group.values()):
+        qi = np.array([group[p] == g for p in qp])
+        gi = np.array([group[p] == g for p in gp])
+        ref = reference_metrics(sim[qi][:, gi], qp[qi], gp[gi])
+        for k in pooled:
+            pooled[k] += ref[k] * qi.sum()
+        total += qi.sum()
+    for k in ours:
+        assert ours[k] == pytest.approx(pooled[k] / total, abs=1e-9), k
+    assert ours["R1"] > t2i_metrics(sim, qp, gp)["R1"]  # a smaller gallery is easier
+    assert t2i_metrics(within_groups(sim, qp, gp, 100), qp, gp) == t2i_metrics(sim, qp, gp)
+
+
+def test_evaluator_searches_the_galleries_it_is_given():
+    q = torch.nn.functional.normalize(torch.randn(8, 8), dim=1)
+    g = torch.nn.functional.normalize(torch.randn(8, 8), dim=1)
+    qp = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    gp = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    ev = TextImageEvaluator(num_query=8, ids_per_gallery=2)
+    ev.reset()
+    ev.process({"indices": torch.arange(16), "targets": torch.cat([qp, gp])}, torch.cat([q, g]))
+    res = ev.evaluate()
+    sim = (q @ g.t()).numpy()
+    expected = reference_metrics(np.where(np.equal.outer(qp.numpy() // 2, gp.numpy() // 2), sim,
+                                          -np.inf), qp.numpy(), gp.numpy())
+    assert res["Rank-1"] == pytest.approx(expected["R1"])
+    assert res["mAP"] == pytest.approx(expected["mAP"])

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import quality  # benchmarks/quality.py, on the path by conftest
 from conftest import REPO
 
@@ -150,3 +152,12 @@ def test_the_settings_sweep_scores_each_clustering_setting_against_the_identitie
     assert "eps 0.20 min_samples 2 k1  5 k2 2: image P" in proc.stdout
     assert "nearest 5 rows of the same person: images" in proc.stdout
     assert 0 <= rows[0]["neighbour_agreement"]["image"] <= 1
+
+
+def test_chance_is_the_share_of_the_gallery_a_caption_searches():
+    from types import SimpleNamespace
+    # people 1 (3 images), 2 (1), 3 (2), 4 (2); one caption per image
+    records = [SimpleNamespace(pid=p, captions=["c"]) for p in (1, 1, 1, 2, 3, 3, 4, 4)]
+    assert quality.chance_r1(records) == pytest.approx(100 * (3 * 3 + 1 + 2 * 2 + 2 * 2) / 8 / 8)
+    # galleries {1, 2} (4 images) and {3, 4} (4 images)
+    assert quality.chance_r1(records, 2) == pytest.approx(100 * (3 * 3 + 1 + 2 * 2 + 2 * 2) / 8 / 4)

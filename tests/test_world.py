@@ -127,6 +127,11 @@ def test_caption_ceiling_counts_ties_among_lookalikes(tmp_path):
     # a and b tie (each found first half of the time), c is unique
     expected = 100 * (0.5 + 0.5 + 1) / 3
     assert caption_ceiling(records, world, str(tmp_path)) == pytest.approx(expected)
+    # in galleries of one person each (TEST.IDS_PER_GALLERY 1) nothing is confused
+    assert caption_ceiling(records, world, str(tmp_path), ids_per_gallery=1) == pytest.approx(100)
+    # galleries {a, b} and {c}: a and b still tie
+    assert caption_ceiling(records, world, str(tmp_path), ids_per_gallery=2) == pytest.approx(
+        expected)
 
 
 def test_statistics_of_a_dataset_without_ground_truth_read_the_captions(tmp_path, worlds):
@@ -191,3 +196,30 @@ def test_low_resolution_cameras_lose_detail_and_keep_the_image_size():
         return np.abs(np.diff(pixels, axis=1)).mean() + np.abs(np.diff(pixels, axis=0)).mean()
     sharp, three_quarters, half = detail(1.0), detail(0.75), detail(0.5)
     assert sharp > three_quarters > half
+
+
+def test_test_lookalikes_are_paired_within_the_galleries_the_evaluation_searches(tmp_path):
+    """TEST.IDS_PER_GALLERY: the test split's lookalike pairs fall within one gallery, and the
+    training split is the same as without galleries."""
+    from cpcl_plugin.utils.galleries import gallery_parts
+    spec = dict(SMALL, num_train_ids=20, num_test_ids=40, preset="cuhk")
+    truths = {}
+    for ids_per_gallery in (0, 8):
+        out = tmp_path / str(ids_per_gallery)
+        generate_synthetic_dataset(str(out),
+                                   SyntheticSpec(**spec, test_gallery_ids=ids_per_gallery))
+        with open(out / "world.json") as f:
+            truths[ids_per_gallery] = json.load(f)
+        with open(out / "reid_raw.json") as f:
+            truths[ids_per_gallery]["entries"] = json.load(f)
+    train = [[e for e in truths[g]["entries"] if e["split"] == "train"] for g in (0, 8)]
+    assert train[0] == train[1]
+    people = truths[8]["people"]
+    test_ids = sorted({e["id"] for e in truths[8]["entries"] if e["split"] == "test"})
+    gallery = {pid: g for g, part in enumerate(gallery_parts(len(test_ids), 8))
+               for pid in (test_ids[i] for i in part)}
+    looks = {}
+    for pid in test_ids:
+        looks.setdefault(json.dumps({k: people[str(pid)][k] for k in COARSE}), []).append(pid)
+    pairs = [group for group in looks.values() if len(group) > 1]
+    assert pairs and all(len({gallery[p] for p in group}) == 1 for group in pairs)

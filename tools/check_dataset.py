@@ -78,7 +78,8 @@ def main(argv=None):
                   f"(DATASETS.SKIP_BAD_IMAGES).")
         print(data.statistics_table())
         if args.stats:
-            print(statistics_table(args.dataset, dataset_statistics(data)))
+            stats = dataset_statistics(data, cfg.TEST.IDS_PER_GALLERY)
+            print(statistics_table(args.dataset, stats))
         if args.decode:
             start = time.perf_counter()
             bad = undecodable_images([r.image_path for r in records], args.workers)

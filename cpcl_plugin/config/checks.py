@@ -54,6 +54,7 @@ RANGES = {
     "SOLVER.LOG_PERIOD": ">= 1",
     "TEST.VIS_TOPK": ">= 0",
     "TEST.VIS_QUERIES": ">= 1",
+    "TEST.IDS_PER_GALLERY": ">= 0",
     # FastReID's keys.
     "SOLVER.MAX_EPOCH": ">= 1",
     "SOLVER.BASE_LR": "> 0",

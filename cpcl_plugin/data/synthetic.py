@@ -60,7 +60,7 @@ class SyntheticSpec(dict):
 
     def __init__(self, num_train_ids=1000, num_val_ids=0, num_test_ids=100, images_per_id=2,
                  captions_per_image=1, attributes_per_caption=(3, 5), image_size=(128, 64),
-                 seed=0, domain="street", preset=""):
+                 seed=0, domain="street", preset="", test_gallery_ids=0):
         lo, hi = (int(v) for v in attributes_per_caption)
         if preset and preset not in PRESETS:
             raise ConfigError(f"DATASETS.SYNTHETIC.PRESET must be one of {', '.join(PRESETS)} or "
@@ -87,13 +87,15 @@ class SyntheticSpec(dict):
                          domain=str(domain))
         if preset:  # plain worlds' specs, without these keys, keep their digests and folders
             self.update(preset=str(preset), world_version=WORLD_VERSION)
+            if test_gallery_ids > 0:  # absent at 0: earlier worlds keep their folders
+                self.update(test_gallery_ids=int(test_gallery_ids))
 
     @classmethod
     def from_cfg(cls, cfg):
         s = cfg.DATASETS.SYNTHETIC
         return cls(s.NUM_TRAIN_IDS, s.NUM_VAL_IDS, s.NUM_TEST_IDS, s.IMAGES_PER_ID,
                    s.CAPTIONS_PER_IMAGE, s.ATTRIBUTES_PER_CAPTION, s.IMAGE_SIZE, s.SEED, s.DOMAIN,
-                   s.PRESET)
+                   s.PRESET, cfg.TEST.IDS_PER_GALLERY)
 
     def digest(self):
         blob = json.dumps(self, sort_keys=True).encode() + GENERATOR_VERSION.encode()

@@ -27,6 +27,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..utils.galleries import gallery_parts
 from .palette import COLORS, HAIR_COLORS, SKIN_TONES, a_or_an, sample_identity, shade
 
 __all__ = ["PRESETS", "sample_person", "lookalike_of", "visible_attributes", "write_caption",
@@ -534,8 +535,14 @@ def generate_world(out_dir, spec):
     for split in ("train", "val", "test"):
         n_ids = spec[f"num_{split}_ids"]
         os.makedirs(os.path.join(out_dir, "imgs", split), exist_ok=True)
-        single = []  # people of this split without a lookalike yet
-        for _ in range(n_ids):
+        # Test lookalikes are paired within the galleries the evaluation searches
+        # (TEST.IDS_PER_GALLERY), so that each has the split's lookalike rate.
+        gallery_starts = ({int(part[0]) for part in gallery_parts(n_ids, spec["test_gallery_ids"])}
+                          if split == "test" and spec.get("test_gallery_ids") else set())
+        single = []  # people of this split (or of this test gallery) without a lookalike yet
+        for i in range(n_ids):
+            if i in gallery_starts:
+                single = []
             pid += 1  # CUHK-PEDES ids are 1-based
             if single and rng.random() < LOOKALIKE_SHARE:  # pairs: a twin of one without
                 person = lookalike_of(people[single.pop(int(rng.integers(len(single))))], rng)

@@ -145,7 +145,8 @@ class CPCLTrainer(DefaultTrainer):
             folder = os.path.join(output_dir or cfg.OUTPUT_DIR, "ranked_lists",
                                   dataset_name.replace(":", "_"))
             ranked_lists = (data_loader.dataset, cfg.TEST.VIS_TOPK, cfg.TEST.VIS_QUERIES, folder)
-        return data_loader, TextImageEvaluator(num_query, ranked_lists)
+        return data_loader, TextImageEvaluator(num_query, ranked_lists,
+                                                  cfg.TEST.IDS_PER_GALLERY)
 
     @classmethod
     def test(cls, cfg, model):

@@ -13,9 +13,11 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from ..utils.galleries import gallery_parts
 from ..utils.progress import track
 
-__all__ = ["t2i_metrics", "positive_ranks", "average_precision"]
+__all__ = ["t2i_metrics", "positive_ranks", "average_precision", "identity_groups",
+           "within_groups"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +107,27 @@ def t2i_metrics(similarity, query_pids, gallery_pids, ks=(1, 5, 10), chunk_eleme
         out[f"R{k}"] = 100.0 * cmc_sum[min(k, max_rank) - 1] / num_valid
     out["mAP"] = 100.0 * ap_sum / num_valid
     out["mINP"] = 100.0 * inp_sum / num_valid
+    return out
+
+
+def identity_groups(pids, ids_per_group):
+    """{identity: group index}: the identities of `pids`, in order of first appearance, in the
+    consecutive parts of `gallery_parts`."""
+    ids = list(dict.fromkeys(np.asarray(pids).tolist()))
+    return {ids[i]: g for g, part in enumerate(gallery_parts(len(ids), ids_per_group))
+            for i in part}
+
+
+def within_groups(similarity, query_pids, gallery_pids, ids_per_group):
+    """A copy of the (num_query, num_gallery) `similarity` with -inf wherever query and gallery item
+    are in different identity groups (`identity_groups` of the gallery), so that `t2i_metrics` of
+    it ranks each query within its own group's gallery and pools all queries. A gallery item
+    outside the query's group then ranks below every positive and changes none of the metrics."""
+    group = identity_groups(gallery_pids, ids_per_group)
+    gallery_group = np.asarray([group[p] for p in np.asarray(gallery_pids).tolist()])
+    query_group = np.asarray([group.get(p, -1) for p in np.asarray(query_pids).tolist()])
+    out = np.array(similarity, dtype=np.float32, copy=True)
+    out[query_group[:, None] != gallery_group[None, :]] = -np.inf
     return out
 
 

@@ -13,7 +13,7 @@ from fastreid.evaluation.evaluator import DatasetEvaluator
 from fastreid.utils import comm
 
 from ..utils.progress import track
-from .metrics import t2i_metrics
+from .metrics import t2i_metrics, within_groups
 from .visualization import draw_query, write_picture_index
 
 __all__ = ["TextImageEvaluator", "FeatureCollector", "gather_in_index_order"]
@@ -70,11 +70,14 @@ class TextImageEvaluator(DatasetEvaluator):
     Rank-1/5/10, mAP, mINP and FastReID's ``metric`` ((mAP + Rank-1) / 2, used by its
     PeriodicCheckpointer to keep the best model)."""
 
-    def __init__(self, num_query, ranked_lists=None):
+    def __init__(self, num_query, ranked_lists=None, ids_per_gallery=0):
         """`ranked_lists`: None, or (dataset, topk, number of queries, folder) to draw the
-        ranked lists of evenly spaced queries after each evaluation (TEST.VIS_TOPK)."""
+        ranked lists of evenly spaced queries after each evaluation (TEST.VIS_TOPK);
+        `ids_per_gallery` > 0: each caption searches only its group of about that many test
+        people (TEST.IDS_PER_GALLERY; the pictures still rank the whole gallery)."""
         self._num_query = num_query
         self._ranked_lists = ranked_lists
+        self._ids_per_gallery = ids_per_gallery
         self._predictions = []
 
     def reset(self):
@@ -97,7 +100,10 @@ class TextImageEvaluator(DatasetEvaluator):
         feats, pids = merged["feats"][valid], merged["pids"][valid].numpy()
         nq = self._num_query  # captions always have features
         similarity = (feats[:nq] @ feats[nq:].t()).numpy()
-        m = t2i_metrics(similarity, pids[:nq], pids[nq:])
+        searched = similarity
+        if self._ids_per_gallery > 0:
+            searched = within_groups(similarity, pids[:nq], pids[nq:], self._ids_per_gallery)
+        m = t2i_metrics(searched, pids[:nq], pids[nq:])
         results = OrderedDict()
         for k in (1, 5, 10):
             results[f"Rank-{k}"] = m[f"R{k}"]

@@ -227,17 +227,19 @@ def test_per_query_ap_of_the_pictures_averages_to_the_map(seed):
     assert average_precision([2, 5]) == pytest.approx(100 * (1 / 2 + 2 / 5) / 2)
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_searching_galleries_of_a_few_people_pools_every_query(seed):
+@pytest.mark.parametrize("seed, levels", [(0, None), (1, None), (2, 5), (3, 4)])
+def test_searching_galleries_of_a_few_people_pools_every_query(seed, levels):
     """TEST.IDS_PER_GALLERY: each query ranked within its own group's images, the metrics pooled
-    over all queries, equal the textbook metrics of each group weighted by its queries."""
+    over all queries, equal the textbook metrics of each group weighted by its queries (ties
+    broken by gallery order, small chunks)."""
     from cpcl_plugin.evaluation.metrics import identity_groups, within_groups
-    sim, qp, gp = random_case(seed, nq=60, ng=50, nids=11)
+    sim, qp, gp = random_case(seed, nq=60, ng=50, nids=11, levels=levels)
+    qp = qp[np.argsort([list(dict.fromkeys(gp.tolist())).index(p) for p in qp], kind="stable")]
     group = identity_groups(gp, 3)
     assert sorted(set(group.values())) == [0, 1, 2, 3]  # round(11 / 3) groups, in gallery order
     ids = list(dict.fromkeys(gp.tolist()))
     assert [group[i] for i in ids] == sorted(group[i] for i in ids)
-    ours = t2i_metrics(within_groups(sim, qp, gp, 3), qp, gp)
+    ours = t2i_metrics(within_groups(sim, qp, gp, 3), qp, gp, chunk_elements=70)
     pooled, total = OrderedDict((k, 0.0) for k in ours), 0
     for g in set(group.values()):
         qi = np.array([group[p] == g for p in qp])
@@ -250,6 +252,19 @@ def test_searching_galleries_of_a_few_people_pools_every_query(seed):
         assert ours[k] == pytest.approx(pooled[k] / total, abs=1e-9), k
     assert ours["R1"] > t2i_metrics(sim, qp, gp)["R1"]  # a smaller gallery is easier
     assert t2i_metrics(within_groups(sim, qp, gp, 100), qp, gp) == t2i_metrics(sim, qp, gp)
+
+
+def test_galleries_keep_their_bounds_when_an_image_is_left_out():
+    """The groups follow the queries' identities: a person whose only image could not be decoded
+    (DATASETS.SKIP_BAD_IMAGES) leaves the others in the same galleries."""
+    from cpcl_plugin.evaluation.metrics import within_groups
+    qp = np.array([1, 1, 2, 3, 4, 4])
+    gp = np.array([1, 2, 3, 4])
+    sim = np.array([[0.1, 0.9, 0.5, 0.8]] * 6, dtype=np.float64)
+    # galleries {1, 2} and {3, 4}; person 2's image left out: person 1 still searches {1}
+    masked = within_groups(sim[:, [0, 2, 3]], qp, gp[[0, 2, 3]], 2)
+    assert np.isneginf(masked[0, 1:]).all() and masked[0, 0] == 0.1
+    assert masked.dtype == np.float64  # no rounding into new ties
 
 
 def test_evaluator_searches_the_galleries_it_is_given():

@@ -56,13 +56,14 @@ def test_the_cache_name_covers_what_produced_the_weights(tiny_cfg, tmp_path):
     recipe.write_text(f"_BASE_: {TINY_PRETRAIN}\n")
     same = tmp_path / "other_dir"
     same.mkdir()
-    (same / "web.yml").write_text(f"_BASE_: {TINY_PRETRAIN}\nOUTPUT_DIR: elsewhere\n")
+    (same / "web.yml").write_text(f"_BASE_: {TINY_PRETRAIN}\nOUTPUT_DIR: elsewhere\n"
+                                  f"TEST:\n  IDS_PER_GALLERY: 100\n")
     changed = tmp_path / "changed"
     changed.mkdir()
     (changed / "web.yml").write_text(f"_BASE_: {TINY_PRETRAIN}\nSOLVER:\n  BASE_LR: 0.01\n")
     paths = [pretrained_weights_path(tiny_cfg("MODEL.CLIP.PRETRAINED", str(p)))
              for p in (recipe, same / "web.yml", changed / "web.yml")]
-    assert paths[0] == paths[1]  # where it writes is not what it trains
+    assert paths[0] == paths[1]  # where it writes and how it would test are not what it trains
     assert paths[0] != paths[2]
 
 

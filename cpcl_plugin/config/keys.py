@@ -191,8 +191,9 @@ def add_cpcl_config(cfg):
     # test people, in the order the split lists them, form round(P / N) galleries of about N
     # people each; every caption searches its own gallery and the metrics pool all captions, as
     # the small re-id benchmarks (VIPeR, CUHK01) average trials of a small gallery. For a gallery
-    # size the model can rank, measured over many queries (benchmarks/configs/ablation.yml). A
-    # synthetic preset world pairs its test lookalikes within these galleries.
+    # size the model can rank, measured over many queries (benchmarks/configs/ablation.yml).
+    # Applies to every DATASETS.TESTS entry; a synthetic preset world pairs the lookalikes of its
+    # val and test splits within these galleries.
     _C.TEST.IDS_PER_GALLERY = 0
     return cfg
 

@@ -535,11 +535,12 @@ def generate_world(out_dir, spec):
     for split in ("train", "val", "test"):
         n_ids = spec[f"num_{split}_ids"]
         os.makedirs(os.path.join(out_dir, "imgs", split), exist_ok=True)
-        # Test lookalikes are paired within the galleries the evaluation searches
-        # (TEST.IDS_PER_GALLERY), so that each has the split's lookalike rate.
-        gallery_starts = ({int(part[0]) for part in gallery_parts(n_ids, spec["test_gallery_ids"])}
-                          if split == "test" and spec.get("test_gallery_ids") else set())
-        single = []  # people of this split (or of this test gallery) without a lookalike yet
+        # Lookalikes of the evaluated splits are paired within the galleries the evaluation
+        # searches (TEST.IDS_PER_GALLERY), so that each has the split's lookalike rate.
+        gallery_starts = ({int(part[0]) for part in gallery_parts(n_ids, spec["test_gallery_ids"])
+                           if len(part)}
+                          if split != "train" and spec.get("test_gallery_ids") else set())
+        single = []  # people of this split (or of this gallery) without a lookalike yet
         for i in range(n_ids):
             if i in gallery_starts:
                 single = []

@@ -120,13 +120,17 @@ def identity_groups(pids, ids_per_group):
 
 def within_groups(similarity, query_pids, gallery_pids, ids_per_group):
     """A copy of the (num_query, num_gallery) `similarity` with -inf wherever query and gallery item
-    are in different identity groups (`identity_groups` of the gallery), so that `t2i_metrics` of
-    it ranks each query within its own group's gallery and pools all queries. A gallery item
-    outside the query's group then ranks below every positive and changes none of the metrics."""
-    group = identity_groups(gallery_pids, ids_per_group)
-    gallery_group = np.asarray([group[p] for p in np.asarray(gallery_pids).tolist()])
-    query_group = np.asarray([group.get(p, -1) for p in np.asarray(query_pids).tolist()])
-    out = np.array(similarity, dtype=np.float32, copy=True)
+    are in different identity groups, so that `t2i_metrics` of it ranks each query within its own
+    group's gallery and pools all queries: an item outside the query's group ranks below every
+    positive and changes none of the metrics. The groups are `identity_groups` of the queries'
+    identities (then any gallery-only ones), so images left out of the gallery
+    (DATASETS.SKIP_BAD_IMAGES) do not move the groups' bounds."""
+    query_pids, gallery_pids = np.asarray(query_pids), np.asarray(gallery_pids)
+    group = identity_groups(np.concatenate([query_pids, gallery_pids]), ids_per_group)
+    gallery_group = np.asarray([group[p] for p in gallery_pids.tolist()])
+    query_group = np.asarray([group[p] for p in query_pids.tolist()])
+    similarity = np.asarray(similarity)
+    out = similarity.astype(np.result_type(similarity.dtype, np.float32), copy=True)
     out[query_group[:, None] != gallery_group[None, :]] = -np.inf
     return out
 

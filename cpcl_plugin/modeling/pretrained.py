@@ -59,9 +59,10 @@ def pretrained_weights_path(cfg, _within=()):
     produced_by = recipe_cfg.clone()
     produced_by.defrost()
     produced_by.OUTPUT_DIR, produced_by.DATASETS.ROOT = "", ""  # where, not what
-    # How many checkpoints the run keeps, not what it trains; removed, not blanked, so that the
-    # caches made before the key existed keep their names.
+    # How many checkpoints the run keeps and how its test split is searched, not what it trains;
+    # removed, not blanked, so that the caches made before the keys existed keep their names.
     del produced_by.SOLVER["CHECKPOINT_KEEP"]
+    del produced_by.TEST["IDS_PER_GALLERY"]
     blob = (produced_by.dump() + GENERATOR_VERSION + EXPORT_VERSION + starts_from).encode()
     name = os.path.splitext(os.path.basename(recipe))[0]
     return os.path.join(root, "pretrained",

@@ -369,7 +369,7 @@ def prepare(data_root, data_seeds, extra_opts):
 def chance_r1(test_records, ids_per_gallery=0):
     """R1 (%) of a ranking in random order: per caption, its person's share of the gallery it
     searches (its group's with TEST.IDS_PER_GALLERY > 0)."""
-    from cpcl_plugin.evaluation.metrics import identity_groups
+    from cpcl_plugin.utils.galleries import identity_groups
     pids = [r.pid for r in test_records]
     group = identity_groups(pids, ids_per_gallery) if ids_per_gallery > 0 else {}
     images = Counter(pids)

@@ -232,7 +232,8 @@ def test_searching_galleries_of_a_few_people_pools_every_query(seed, levels):
     """TEST.IDS_PER_GALLERY: each query ranked within its own group's images, the metrics pooled
     over all queries, equal the textbook metrics of each group weighted by its queries (ties
     broken by gallery order, small chunks)."""
-    from cpcl_plugin.evaluation.metrics import identity_groups, within_groups
+    from cpcl_plugin.evaluation.metrics import within_groups
+    from cpcl_plugin.utils.galleries import identity_groups
     sim, qp, gp = random_case(seed, nq=60, ng=50, nids=11, levels=levels)
     qp = qp[np.argsort([list(dict.fromkeys(gp.tolist())).index(p) for p in qp], kind="stable")]
     group = identity_groups(gp, 3)

@@ -27,7 +27,7 @@ from collections import defaultdict
 import numpy as np
 from tabulate import tabulate
 
-from ..evaluation.metrics import identity_groups
+from ..utils.galleries import identity_groups
 from .world import COARSE
 
 __all__ = ["REAL_FIGURES", "STATISTICS", "caption_words", "text_mentions", "load_world",

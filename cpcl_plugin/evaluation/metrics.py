@@ -13,11 +13,10 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from ..utils.galleries import gallery_parts
+from ..utils.galleries import identity_groups
 from ..utils.progress import track
 
-__all__ = ["t2i_metrics", "positive_ranks", "average_precision", "identity_groups",
-           "within_groups"]
+__all__ = ["t2i_metrics", "positive_ranks", "average_precision", "within_groups"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,14 +107,6 @@ def t2i_metrics(similarity, query_pids, gallery_pids, ks=(1, 5, 10), chunk_eleme
     out["mAP"] = 100.0 * ap_sum / num_valid
     out["mINP"] = 100.0 * inp_sum / num_valid
     return out
-
-
-def identity_groups(pids, ids_per_group):
-    """{identity: group index}: the identities of `pids`, in order of first appearance, in the
-    consecutive parts of `gallery_parts`."""
-    ids = list(dict.fromkeys(np.asarray(pids).tolist()))
-    return {ids[i]: g for g, part in enumerate(gallery_parts(len(ids), ids_per_group))
-            for i in part}
 
 
 def within_groups(similarity, query_pids, gallery_pids, ids_per_group):

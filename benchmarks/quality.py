@@ -371,11 +371,9 @@ def chance_r1(test_records, ids_per_gallery=0):
     searches (its group's with TEST.IDS_PER_GALLERY > 0)."""
     from cpcl_plugin.utils.galleries import identity_groups
     pids = [r.pid for r in test_records]
-    group = identity_groups(pids, ids_per_gallery) if ids_per_gallery > 0 else {}
-    images = Counter(pids)
-    gallery = Counter(group.get(p, 0) for p in pids)
-    shares = [images[r.pid] / gallery[group.get(r.pid, 0)]
-              for r in test_records for _ in r.captions]
+    group = identity_groups(pids, ids_per_gallery)
+    images, gallery = Counter(pids), Counter(group[p] for p in pids)
+    shares = [images[r.pid] / gallery[group[r.pid]] for r in test_records for _ in r.captions]
     return 100.0 * float(np.mean(shares))
 
 

@@ -173,15 +173,14 @@ def caption_ceiling(records, world, image_root, ids_per_gallery=0):
         for s, f, v in world["images"][_image_key(r, image_root)]["visible"]:
             shown[i, column[(s, f)]] = codes[json.dumps(v)]
     pids = np.asarray([r.pid for r in records])
-    group = np.zeros(len(records), dtype=np.int64)
-    if ids_per_gallery > 0:
-        of = identity_groups(pids, ids_per_gallery)
-        group = np.asarray([of[p] for p in pids.tolist()])
+    of = identity_groups(pids, ids_per_gallery)
+    gallery = np.asarray([of[p] for p in pids.tolist()])
     hits = []
-    for r, truth in zip(records, (world["images"][_image_key(r, image_root)] for r in records)):
-        for mentions in truth["mentions"]:
-            # Images outside the query's gallery are never among the best.
-            contradicted = np.where(group == group[pids == r.pid][0], 0, len(fields) + 1)
+    for i, r in enumerate(records):
+        # Images outside the query's gallery are never among the best.
+        outside = np.where(gallery == gallery[i], 0, len(fields) + 1)
+        for mentions in world["images"][_image_key(r, image_root)]["mentions"]:
+            contradicted = outside.copy()
             for s, f, v in mentions:
                 j = column.get((s, f))
                 if j is None:

@@ -537,9 +537,9 @@ def generate_world(out_dir, spec):
         os.makedirs(os.path.join(out_dir, "imgs", split), exist_ok=True)
         # Lookalikes of the evaluated splits are paired within the galleries the evaluation
         # searches (TEST.IDS_PER_GALLERY), so that each has the split's lookalike rate.
-        gallery_starts = ({int(part[0]) for part in gallery_parts(n_ids, spec["test_gallery_ids"])
-                           if len(part)}
-                          if split != "train" and spec.get("test_gallery_ids") else set())
+        ids_per_gallery = spec.get("test_gallery_ids", 0) if split != "train" else 0
+        gallery_starts = {int(part[0]) for part in gallery_parts(n_ids, ids_per_gallery)
+                          if len(part)}
         single = []  # people of this split (or of this gallery) without a lookalike yet
         for i in range(n_ids):
             if i in gallery_starts:

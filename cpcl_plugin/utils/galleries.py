@@ -8,8 +8,10 @@ __all__ = ["gallery_parts", "identity_groups"]
 
 def gallery_parts(num_ids, ids_per_gallery):
     """The positions 0..num_ids-1 cut into max(1, round(num_ids / ids_per_gallery)) consecutive
-    parts of near-equal size (np.array_split)."""
-    return np.array_split(np.arange(num_ids), max(1, int(round(num_ids / ids_per_gallery))))
+    parts of near-equal size (np.array_split); one part where `ids_per_gallery` is 0 (one
+    gallery, the default protocol)."""
+    parts = round(num_ids / ids_per_gallery) if ids_per_gallery > 0 else 1
+    return np.array_split(np.arange(num_ids), max(1, int(parts)))
 
 
 def identity_groups(pids, ids_per_gallery):

@@ -7,7 +7,8 @@ from sklearn.cluster import DBSCAN
 from sklearn.metrics import adjusted_rand_score
 
 from cpcl_plugin.clustering import (cluster, jaccard_distance, knn, knn_share,
-                                    outliers_as_singletons, relabel_in_order, resolve_search)
+                                    outliers_as_singletons, relabel_in_order, resolve_search,
+                                    sampled_recall)
 from cpcl_plugin.clustering.neighbours import ivf_lists
 from feature_distributions import FEATURE_DISTRIBUTIONS  # benchmarks/, on the path by conftest
 from feature_distributions import clustered_features as make_features
@@ -102,7 +103,9 @@ def test_dense_blob_labels_equal_fastreid_dense():
 
 
 @pytest.mark.parametrize("search, options", [("exact", {"block": 64}),
-                                             ("approximate", {"nprobe": 3})])
+                                             # no recall target: ranks simulated in turn in one
+                                             # process cannot sum their recall
+                                             ("approximate", {"nprobe": 3, "min_recall": 0})])
 def test_shares_of_the_rows_give_exactly_the_whole_search(search, options):
     x = clustered_features(700, seed=5)
     x[10:80] = x[9]  # ties, which every share must resolve alike
@@ -110,8 +113,8 @@ def test_shares_of_the_rows_give_exactly_the_whole_search(search, options):
     for world_size in (2, 3):
         lists = np.full_like(whole, -1)
         for rank in range(world_size):
-            rows, part = knn_share(x, 20, search, rank, world_size, **options)
-            lists[rows] = part
+            share = knn_share(x, 20, search, rank, world_size, **options)
+            lists[share.rows] = share.lists
         assert np.array_equal(lists, whole), (search, world_size)
     assert np.array_equal(whole[:, 0], np.arange(len(x)))
     assert np.array_equal(whole[9, :8], [9, 10, 11, 12, 13, 14, 15, 16])  # ties by index
@@ -123,14 +126,79 @@ def test_approximate_search_agrees_with_exact_on_a_clustered_set():
     Its labels mostly agree with the exact ones (docs/benchmarks.md measures how far)."""
     x = make_features(3000, d=64, seed=7)
     exact = cluster(x, search="exact")
-    approximate = cluster(x, search="approximate", nprobe=8)
+    approximate = cluster(x, search="approximate", nprobe=8, min_recall=0)  # no adaptation
     assert adjusted_rand_score(outliers_as_singletons(exact),
                                outliers_as_singletons(approximate)) >= 0.75
     near = np.mean([len(set(a[:6]) & set(b[:6])) / 6 for a, b in
-                    zip(knn(x, 30, "approximate", nprobe=8), knn(x, 30))])
+                    zip(knn(x, 30, "approximate", nprobe=8, min_recall=0), knn(x, 30))])
     assert near >= 0.9  # the six nearest: the identity's own rows
     # Scanning every cell is the exact search.
     assert np.array_equal(knn(x, 30, "approximate", nprobe=ivf_lists(len(x))), knn(x, 30))
+
+
+def _recall_by_brute_force(x, lists):
+    """recall@k of `lists` against numpy's exact scores, ties at the k-th place counting as found."""
+    f = x.astype(np.float64)
+    scores = f @ f.T
+    np.fill_diagonal(scores, np.inf)
+    k = lists.shape[1]
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]
+    return (np.take_along_axis(scores, lists, axis=1) >= kth[:, None] - 1e-6).mean()
+
+
+def test_sampled_recall_is_the_recall_of_the_lists():
+    x = clustered_features(900, seed=4)
+    x[50:90] = x[49]  # ties: an equally near duplicate is as good a neighbour
+    exact = knn(x, 20)
+    assert sampled_recall(x, np.arange(900), exact, np.arange(900)) == (900 * 20, 900 * 20)
+    rough = knn(x, 20, "approximate", nprobe=2, min_recall=0)
+    found, asked = sampled_recall(x, np.arange(900), rough, np.arange(900))
+    assert asked == 900 * 20 and 0.2 < found / asked < 0.99
+    assert found / asked == pytest.approx(_recall_by_brute_force(x, rough), abs=1e-9)
+    # A rank's share: only the sampled rows among its rows count.
+    part = sampled_recall(x, np.arange(100, 300), rough[100:300], np.arange(0, 900, 3))
+    assert part[1] == len(range(102, 300, 3)) * 20
+
+
+def test_approximate_search_widens_until_its_recall_target():
+    x = clustered_features(5000, seed=3)
+    first = knn_share(x, 30, "approximate", 0, 1, nprobe=4, min_recall=0, recall_rows=5000)
+    assert first.search == "approximate" and first.recall < 0.6  # the case needs widening
+    found = knn_share(x, 30, "approximate", 0, 1, nprobe=4, min_recall=0.6, recall_rows=5000)
+    probes = [p for p, _ in found.tried]
+    assert probes == [4 * 2 ** i for i in range(len(probes))] and len(probes) >= 2
+    recalls = [r for _, r in found.tried]
+    assert recalls[-1] >= 0.6 > recalls[-2] and found.recall == recalls[-1]
+    assert found.search == "approximate" and found.nprobe == probes[-1] < found.cells
+    # Measured on every row: the lists' true recall (the default measures 1,000 sampled rows), up
+    # to float32 rounding of near ties at the 30th place.
+    assert found.recall == pytest.approx(_recall_by_brute_force(x, found.lists), abs=1e-3)
+    sampled = knn_share(x, 30, "approximate", 0, 1, nprobe=4, min_recall=0.6)
+    assert abs(sampled.recall - found.recall) < 0.03 and sampled.nprobe == found.nprobe
+
+
+def test_approximate_search_runs_exact_when_widening_would_cost_more(caplog):
+    x = clustered_features(5000, seed=3)
+    with caplog.at_level("INFO", logger="cpcl_plugin.clustering"):
+        found = knn_share(x, 30, "approximate", 0, 1, nprobe=4, min_recall=0.999)
+    assert found.search == "exact" and found.recall == 1.0 and len(found.tried) >= 2
+    assert np.array_equal(found.lists, knn(x, 30))
+    assert "would cost more than exact search: exact search instead" in caplog.text
+
+
+def test_approximate_search_below_its_target_warns_once(caplog):
+    x = clustered_features(5000, seed=3)
+    with caplog.at_level("INFO", logger="cpcl_plugin.clustering"):
+        found = knn_share(x, 30, "approximate", 0, 1, nprobe=4, min_recall=0.999, max_nprobe=8)
+    assert found.search == "approximate" and found.recall < 0.999
+    assert [p for p, _ in found.tried] == [4, 8] and found.nprobe == 8  # widened up to the cap
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert f"found only {found.recall:.3f} of the 30 nearest neighbours" in warnings[0]
+    assert "below PSEUDO.IVF.MIN_RECALL 0.999" in warnings[0]
+    assert "Raise PSEUDO.IVF.MAX_NPROBE" in warnings[0] and "PSEUDO.SEARCH exact" in warnings[0]
+    with pytest.raises(ValueError, match="needs sum_over_ranks"):
+        knn_share(x, 30, "approximate", 0, 2)
 
 
 def test_search_choice_and_its_log(caplog):

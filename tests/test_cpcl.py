@@ -1,4 +1,6 @@
 """OPLM, the prototype memory, the HCM losses, the P x K sampler and the pseudo-label pass."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -389,3 +391,21 @@ def test_degenerate_clusterings_keep_training(tiny_cfg, opts, expect_prototypes,
         caplog.text
     assert ("loss_v2v" in losses) == expect_prototypes
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_approximate_pass_logs_its_measured_recall(tiny_cfg, caplog):
+    import logging
+
+    from fastreid.utils.events import EventStorage
+    trainer = CPCLTrainer(tiny_cfg("PSEUDO.SEARCH", "approximate", "PSEUDO.IVF.NLIST", "4",
+                                   "PSEUDO.IVF.NPROBE", "1", "PSEUDO.IVF.MIN_RECALL", "0"))
+    with EventStorage(0) as trainer.storage, caplog.at_level(logging.INFO, "cpcl_plugin"):
+        trainer.epoch = trainer.iter = 0
+        trainer.pseudo_label_hook.trainer = trainer
+        trainer.pseudo_label_hook.before_epoch()
+    for unit, name in (("images", "image"), ("captions", "text")):
+        recall = trainer.storage.latest()[f"pseudo/{name}_knn_recall"][0]  # TensorBoard's too
+        assert 0 < recall <= 1
+        assert re.search(rf"approximate kNN search over \d+ {unit} \(4 cells, NPROBE 1: "
+                         rf"recall@\d+ {recall:.3f} on \d+ sampled rows\)", caplog.text), unit
+    assert trainer.pseudo_label_hook.quality_history[0]["text_knn_recall"] == recall

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cpcl_plugin import compat
-from cpcl_plugin.clustering import cluster, knn
+from cpcl_plugin.clustering import cluster, knn_share
 from cpcl_plugin.engine.pseudo_labels import memory_contents, shared_neighbours
 from cpcl_plugin.modeling import PrototypeMemory
 from cpcl_plugin.utils import memory
@@ -52,7 +52,12 @@ def _search_inputs():
     return x.astype(np.float16)
 
 
-SEARCHES = {"exact": {}, "approximate": {"nprobe": 4}}
+# name: (search, options). The approximate search as configured (no recall target), widened by its
+# recall target (the ranks sum their sampled recall and widen alike), and turned exact by it.
+SEARCHES = {"exact": ("exact", {}),
+            "approximate": ("approximate", {"nprobe": 4, "min_recall": 0}),
+            "widened": ("approximate", {"nprobe": 4, "min_recall": 0.6}),
+            "turned exact": ("approximate", {"nprobe": 4, "min_recall": 0.999})}
 
 
 def _rank_worker(rank, folder):
@@ -60,11 +65,13 @@ def _rank_worker(rank, folder):
                             world_size=WORLD_SIZE)
     try:
         torch.save(_memory_state(*_inputs(), rank, WORLD_SIZE), f"{folder}/memory_{rank}.pth")
-        for search, options in SEARCHES.items():
-            lists = shared_neighbours(_search_inputs(), 30, search, options, rank, WORLD_SIZE)
+        for name, (search, options) in SEARCHES.items():
+            lists, how = shared_neighbours(_search_inputs(), 30, search, options, rank,
+                                           WORLD_SIZE)
             assert (lists is None) == (rank != 0)
+            torch.save(how._asdict(), f"{folder}/{name} search {rank}.pth")
             if rank == 0:
-                np.save(f"{folder}/{search}.npy", lists)
+                np.save(f"{folder}/{name}.npy", lists)
     finally:
         compat.leave_process_group()  # FastReID's cached gloo group too
     gloo_threads = [name for name in _thread_names() if "gloo" in name]
@@ -90,15 +97,24 @@ def two_ranks(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("search", list(SEARCHES))
-def test_two_ranks_find_the_neighbours_and_labels_of_one_process(two_ranks, search):
+@pytest.mark.parametrize("name", list(SEARCHES))
+def test_two_ranks_find_the_neighbours_and_labels_of_one_process(two_ranks, name):
     x = _search_inputs()
-    single = knn(x, 30, search, **SEARCHES[search])
-    shared = np.load(two_ranks / f"{search}.npy")
-    assert np.array_equal(shared, single)
+    search, options = SEARCHES[name]
+    single = knn_share(x, 30, search, 0, 1, **options)
+    shared = np.load(two_ranks / f"{name}.npy")
+    assert np.array_equal(shared, single.lists)
     assert np.array_equal(shared[:, 0], np.arange(len(x)))  # each row's own index first
-    assert np.array_equal(cluster(x, neighbours=shared), cluster(x, search=search,
-                                                                  **SEARCHES[search]))
+    assert np.array_equal(cluster(x, neighbours=shared), cluster(x, search=search, **options))
+    # Both ranks measured the recall of the whole search and chose alike, as one process does.
+    hows = [torch.load(two_ranks / f"{name} search {r}.pth", weights_only=False)
+            for r in range(WORLD_SIZE)]
+    expected = single._replace(rows=None, lists=None)._asdict()
+    for how in hows:
+        assert how == expected
+    searched, widenings = {"exact": ("exact", 0), "approximate": ("approximate", 1),
+                           "widened": ("approximate", 3), "turned exact": ("exact", 4)}[name]
+    assert hows[0]["search"] == searched and len(hows[0]["tried"]) == widenings
 
 
 def test_two_ranks_build_bit_identical_memory_equal_to_one_process(two_ranks):

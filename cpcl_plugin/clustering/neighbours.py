@@ -14,23 +14,30 @@ one rank's share of the rows. Arrays in, arrays out; no trainer state, no proces
   The far end of long lists (k1 = 30 where identities have ~6 members) comes from the scanned
   cells rather than from every row, which changes some labels: docs/benchmarks.md measures how
   many.
+- The approximate search measures its own recall: the k-th exact score of a random sample of rows
+  (`recall_rows`, one matrix product against every row), and how many of the approximate lists'
+  neighbours score at least that (ties count as found). Below `min_recall` it scans twice the cells
+  and measures again, until the target is met, or scanning more would cost more than the exact
+  search (which then runs), or `max_nprobe` is reached (one warning says so, and what to set).
 
 With several processes, each computes a share (`knn_share`): whole blocks of rows for the exact
 search, whole cells for the approximate one, and each share multiplies exactly the blocks one
 process multiplies, in the same order, so the lists come out bit-identical (given the same
-k-means cells on every rank, which the caller checks). Every row's own index comes first in its list
-(duplicates would otherwise tie with it).
+k-means cells on every rank, which the caller checks). The recall is summed over the ranks
+(`sum_over_ranks`), so that every rank makes the same choice. Every row's own index comes first in
+its list (duplicates would otherwise tie with it).
 """
 import logging
 import math
 import time
+from typing import NamedTuple
 
 import faiss
 import numpy as np
 import torch
 
 __all__ = ["SEARCHES", "knn", "knn_share", "resolve_search", "row_share", "ivf_lists",
-           "search_rule", "BLOCK"]
+           "search_rule", "sampled_recall", "SearchShare", "BLOCK"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,21 +84,42 @@ def knn(features, k, search="exact", **options):
     vectors) of every row of `features` (N, d) among all N, each row's own index first.
     `search` is "exact" or "approximate" (resolve "auto" with `resolve_search`); `options` as
     for `knn_share`."""
-    return knn_share(features, k, search, 0, 1, **options)[1]
+    return knn_share(features, k, search, 0, 1, **options).lists
+
+
+class SearchShare(NamedTuple):
+    """One rank's share of a neighbour search: `rows` (m,) int64 ascending, their `lists` (m, k),
+    and how the search went (the same on every rank): `search` ("exact", or "approximate";
+    an approximate request that found exact search cheaper says "exact"), `recall` (the
+    approximate lists' measured recall@k, 1.0 for exact ones), `nprobe` (cells scanned per cell),
+    `cells`, and `tried`: [(nprobe, recall)] of every approximate scan."""
+    rows: np.ndarray
+    lists: np.ndarray
+    search: str
+    recall: float
+    nprobe: int = 0
+    cells: int = 0
+    tried: tuple = ()
 
 
 def knn_share(features, k, search, rank, world_size, nlist=0, nprobe=8, train_per_list=64,
+              min_recall=0.95, max_nprobe=64, recall_rows=1000, sum_over_ranks=None,
               device=None, block=BLOCK):
-    """The neighbour lists of the share of rows that `rank` of `world_size` computes, as (rows,
-    lists): rows (m,) int64 ascending, lists (m, k). Concatenated over the ranks and put in row
-    order, the shares give exactly `knn(features, k, search)`.
+    """The neighbour lists of the share of rows that `rank` of `world_size` computes, as a
+    `SearchShare`. Concatenated over the ranks and put in row order, the shares' lists give
+    exactly `knn(features, k, search)`.
 
     Args:
         features: (N, d) float32 or float16 (used in float32 block by block).
         k: neighbours per row, at most N.
         search: "exact" or "approximate".
         nlist, nprobe, train_per_list: the approximate search's cells (0 = `ivf_lists(N)`),
-            cells scanned per cell, and k-means training rows per cell.
+            cells scanned per cell at first, and k-means training rows per cell.
+        min_recall, max_nprobe, recall_rows: the approximate search's recall@k target, the most
+            cells per cell it scans to reach it, and the rows it measures recall on (0 = none;
+            the target is then not checked).
+        sum_over_ranks: with `world_size` > 1 and a recall target, a function that returns the
+            element-wise sum of a float64 array over every rank (a collective each rank calls).
         device: torch device of the matrix products (default CUDA when available, else CPU).
         block: rows per matrix product.
     """
@@ -101,9 +129,15 @@ def knn_share(features, k, search, rank, world_size, nlist=0, nprobe=8, train_pe
     x = _Rows(features, device)
     if search == "exact":
         share = row_share(n, rank, world_size, block)
-        return np.arange(share.start, share.stop), _exact(x, k, share, block)
+        return SearchShare(np.arange(share.start, share.stop), _exact(x, k, share, block),
+                           "exact", 1.0)
     if search == "approximate":
-        return _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block)
+        if world_size > 1 and sum_over_ranks is None and min_recall > 0 and recall_rows > 0:
+            raise ValueError("a shared approximate search with a recall target needs "
+                             "sum_over_ranks, so that every rank adapts alike")
+        return _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block,
+                            min_recall, max_nprobe, recall_rows,
+                            sum_over_ranks or (lambda a: a))
     raise ValueError(f"search {search!r} must be 'exact' or 'approximate' here")
 
 
@@ -205,13 +239,51 @@ def _own_first(scores, columns=None):
     return scores
 
 
-def _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block):
+def sampled_recall(features, rows, lists, sample, block=BLOCK, device=None):
+    """(found, asked): over the rows of `sample` that are among `rows` (ascending, with their
+    neighbour `lists` (m, k)), the neighbours whose score reaches the row's k-th best score among
+    all rows of `features` (ties count as found), and k per such row. found / asked is the
+    recall@k; summed over ranks' shares, that of the whole search."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return _sampled_hits(_Rows(features, device), rows, lists, sample, block)
+
+
+def _sampled_hits(x, rows, lists, sample, block):
+    at = np.searchsorted(rows, sample)
+    mine = (at < len(rows)) & (rows[np.minimum(at, len(rows) - 1)] == sample) if len(rows) else \
+        np.zeros(len(sample), dtype=bool)
+    queries, found_lists = sample[mine], lists[at[mine]]
+    if len(queries) == 0:
+        return 0.0, 0.0
+    k = found_lists.shape[1]
+    q = torch.from_numpy(queries)
+    xq = x.take(q)
+    best = torch.full((len(queries), k), -float("inf"), device=x.device)
+    for b in range(0, x.n, block):  # every row's k-th best score, own row first (+inf)
+        s = x.score(xq @ x.take(slice(b, b + block)).T, slice(b, b + block))
+        own = ((q >= b) & (q < b + block)).nonzero().squeeze(1)
+        s[own.to(x.device), (q[own] - b).to(x.device)] = float("inf")
+        best = torch.cat([best, s], dim=1).topk(k, dim=1).values
+    kth = best[:, -1]
+    neighbours = torch.from_numpy(found_lists)
+    found = torch.einsum("qd,qkd->qk", xq, x.take(neighbours.reshape(-1)).reshape(
+        len(queries), k, -1))
+    if not x.unit:
+        found = found - x.half_sq[neighbours.to(x.device)]
+    found[neighbours.to(x.device) == q.to(x.device)[:, None]] = float("inf")
+    # The two products sum in different orders: a hair of slack for rounding.
+    hits = (found >= kth[:, None] - 1e-5 * (1 + kth.abs()[:, None])).sum()
+    return float(hits), float(len(queries) * k)
+
+
+def _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block, min_recall,
+                 max_nprobe, recall_rows, sum_over_ranks):
     """IVF: the rows of each cell of this rank's share of cells, against the rows of the nprobe
-    cells nearest to the cell's centre."""
+    cells nearest to the cell's centre; nprobe doubles while the measured recall is below
+    `min_recall` (see the module's docstring)."""
     start = time.perf_counter()
     n, device = x.n, x.device
     cells = ivf_lists(n, nlist)
-    probes = min(nprobe, cells)
     # The same sample, seed and k-means on every rank, hence the same cells.
     sample = np.sort(np.random.default_rng(1234).choice(n, min(n, cells * train_per_list),
                                                         replace=False))
@@ -229,12 +301,75 @@ def _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block):
                          for a in range(0, n, block)]).cpu()
     order = torch.argsort(cell_of, stable=True)  # rows grouped by cell, ascending within
     bounds = torch.searchsorted(cell_of[order], torch.arange(cells + 1))
+    sizes = (bounds[1:] - bounds[:-1]).double()
     centre_scores = centres @ centres.T  # nearest cells: by L2, as the rows' cells
     if not x.unit:
         centre_scores -= 0.5 * (centres ** 2).sum(1)[None, :]
     _own_first(centre_scores)
-    near_cells = centre_scores.topk(probes, dim=1).indices.cpu()
     mine = row_share(cells, rank, world_size, block=1)
+    recall_sample = np.sort(np.random.default_rng(4321).choice(n, min(n, recall_rows),
+                                                               replace=False))
+    exact_pairs = n * (n + 1) / 2  # the exact search multiplies each pair of blocks once
+
+    def scanned_pairs(probes):  # rows x candidates over every cell
+        near = centre_scores.topk(probes, dim=1).indices.cpu()
+        return float((sizes * sizes[near].sum(dim=1)).sum()), near
+
+    probes, tried = min(nprobe, cells), []
+    while True:
+        _, near_cells = scanned_pairs(probes)
+        failure = None
+        try:
+            rows, lists = _scan_cells(x, k, order, bounds, near_cells, mine, block)
+            found, asked = _sampled_hits(x, rows, lists, recall_sample, block) \
+                if len(recall_sample) else (0.0, 0.0)
+        except Exception as err:  # every rank must reach the sum below, then fail
+            failure, found, asked = err, 0.0, 0.0
+        found, asked, failed = sum_over_ranks(np.array([found, asked, failure is not None],
+                                                       dtype=np.float64))
+        if failure is not None:
+            raise failure
+        if failed:
+            raise RuntimeError("the approximate neighbour search failed on another rank")
+        recall = found / asked if asked else float("nan")
+        tried.append((probes, recall))
+        if not asked or recall >= min_recall or probes >= cells:
+            break
+        wider = min(cells, 2 * probes)
+        if scanned_pairs(wider)[0] >= exact_pairs:
+            share = row_share(n, rank, world_size, block)
+            logger.info(f"approximate kNN: recall@{k} {_tried(tried)} is below the target "
+                        f"{min_recall} and {wider} of {cells} cells would cost more than exact "
+                        f"search: exact search instead")
+            return SearchShare(np.arange(share.start, share.stop), _exact(x, k, share, block),
+                               "exact", 1.0, 0, cells, tuple(tried))
+        if wider > max_nprobe:
+            if rank == 0:
+                logger.warning(
+                    f"The approximate neighbour search found only {recall:.3f} of the {k} "
+                    f"nearest neighbours (recall@{k} on {len(recall_sample)} sampled rows) with "
+                    f"{_tried(tried)} of {cells} cells, below PSEUDO.IVF.MIN_RECALL {min_recall}, "
+                    f"and PSEUDO.IVF.MAX_NPROBE {max_nprobe} stops it there: its pseudo labels "
+                    f"may differ much from exact search's. Raise PSEUDO.IVF.MAX_NPROBE (each "
+                    f"doubling about doubles the search's time), or set PSEUDO.SEARCH exact.")
+            break
+        probes = wider
+    logger.info(f"approximate kNN: IVF, {cells} cells (faiss k-means on {len(sample)} rows), "
+                f"each scanning its {probes} nearest; {len(rows)} rows x {k} neighbours in "
+                f"{time.perf_counter() - start:.1f} s; recall@{k} on {len(recall_sample)} sampled "
+                f"rows: {_tried(tried)}")
+    return SearchShare(rows, lists, "approximate", recall, probes, cells, tuple(tried))
+
+
+def _tried(tried):
+    """"0.812 at NPROBE 8, 0.930 at 16" for a log line."""
+    return ", ".join(f"{recall:.3f} at NPROBE {probes}" for probes, recall in tried)
+
+
+def _scan_cells(x, k, order, bounds, near_cells, mine, block):
+    """(rows ascending, their lists): each cell of the slice `mine`, its rows against the rows of
+    its `near_cells`."""
+    n, device = x.n, x.device
     rows_out, lists_out = [], []
     for c in range(mine.start, mine.stop):
         queries = order[bounds[c]:bounds[c + 1]]
@@ -255,7 +390,4 @@ def _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block):
     rows = torch.cat(rows_out) if rows_out else torch.zeros(0, dtype=torch.int64)
     lists = torch.cat(lists_out) if lists_out else torch.zeros((0, k), dtype=torch.int64)
     ordered = torch.argsort(rows)
-    logger.info(f"approximate kNN: IVF, {cells} cells (faiss k-means on {len(sample)} rows), "
-                f"each scanning its {probes} nearest; {len(rows)} rows x {k} neighbours in "
-                f"{time.perf_counter() - start:.1f} s")
     return rows[ordered].numpy(), lists[ordered].numpy()

@@ -100,6 +100,16 @@ def add_cpcl_config(cfg):
     _C.PSEUDO.IVF.NPROBE = 8
     # Training rows per cell for the k-means (a random sample of that many per cell).
     _C.PSEUDO.IVF.TRAIN_PER_LIST = 64
+    # Recall@K1 the approximate search must reach, measured against exact search on RECALL_ROWS
+    # random rows each pass (logged, and in TensorBoard as pseudo/*_knn_recall). Below it NPROBE
+    # doubles until it is reached, exact search would be cheaper (then that runs), or MAX_NPROBE
+    # (then one warning). 0: measure and log only.
+    _C.PSEUDO.IVF.MIN_RECALL = 0.95
+    # Most cells per cell the adaptation scans (each doubling about doubles the search's time).
+    _C.PSEUDO.IVF.MAX_NPROBE = 64
+    # Rows the recall is measured on (one matrix product of this many rows against all: seconds at
+    # a million rows); 0: not measured, nothing adapts.
+    _C.PSEUDO.IVF.RECALL_ROWS = 1000
     # Batches of P pseudo identities x K pairs (CPCL's sampling); False keeps shuffled batches, as
     # IRRA's default sampler does, while the labels still reach the memory and the losses.
     _C.PSEUDO.PK_BATCHES = True

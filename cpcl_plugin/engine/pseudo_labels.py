@@ -16,6 +16,7 @@ only to log how good the pseudo labels are, clearly apart from everything that t
 """
 import hashlib
 import logging
+import math
 import time
 
 import numpy as np
@@ -24,8 +25,8 @@ import torch.distributed as dist
 from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
 
-from ..clustering import (cluster, cooccurrence, knn_share, mine_outliers, pseudo_label_quality,
-                          resolve_search, row_share, search_rule)
+from ..clustering import (SearchShare, cluster, cooccurrence, knn_share, mine_outliers,
+                          pseudo_label_quality, resolve_search, row_share, search_rule)
 from ..clustering.oplm import label_sums, normalized_rows
 from ..data.build import build_feature_loader, flatten_pairs
 from ..data.datasets import build_dataset
@@ -49,27 +50,35 @@ def clustering_settings(cfg):
 def search_options(cfg):
     """The approximate search's settings (PSEUDO.IVF), as `knn_share` names them."""
     ivf = cfg.PSEUDO.IVF
-    return dict(nlist=ivf.NLIST, nprobe=ivf.NPROBE, train_per_list=ivf.TRAIN_PER_LIST)
+    return dict(nlist=ivf.NLIST, nprobe=ivf.NPROBE, train_per_list=ivf.TRAIN_PER_LIST,
+                min_recall=ivf.MIN_RECALL, max_nprobe=ivf.MAX_NPROBE, recall_rows=ivf.RECALL_ROWS)
 
 
 def shared_neighbours(features, k, search, options, rank=0, world_size=1):
-    """The (N, k) nearest-neighbour lists of `features` on rank 0 (None on the other ranks):
-    each rank searches its share of the rows (`knn_share`, on its own device), the shares are
-    gathered on rank 0. Identical to one process searching everything. A failed search on any
+    """(lists, search): the (N, k) nearest-neighbour lists of `features` on rank 0 (None on the
+    other ranks), and how the search went (`SearchShare` without rows and lists, the same on every
+    rank). Each rank searches its share of the rows (`knn_share`, on its own device), the shares
+    are gathered on rank 0. Identical to one process searching everything. A failed search on any
     rank, or shares that do not cover every row once (ranks whose k-means cells differ), raise
     the same RuntimeError on every rank, so that no rank is left waiting."""
     if len(features) == 0:
-        return np.zeros((0, 0), dtype=np.int64) if rank == 0 else None
+        return (np.zeros((0, 0), dtype=np.int64) if rank == 0 else None), \
+            SearchShare(None, None, search, 1.0)
     k = min(k, len(features))
+    how = None
     try:
-        rows, lists = knn_share(features, k, search, rank, world_size, **options)
-        share = (rows, lists.astype(np.int32))  # half the bytes to send
+        found = knn_share(features, k, search, rank, world_size,
+                          sum_over_ranks=_all_reduce_sum if world_size > 1 else None, **options)
+        share = (found.rows, found.lists.astype(np.int32))  # half the bytes to send
+        how = found._replace(rows=None, lists=None)
     except Exception as err:  # sent as text: every exception pickles as a string
         share = f"the neighbour search failed on rank {rank}: {err!r}"
     shares = comm.gather(share, dst=0) if world_size > 1 else [share]
     problem, lists = None, None
     if rank == 0:
-        problem = next((s for s in shares if isinstance(s, str)), None)
+        # A rank's own error first: the others only know that another rank failed.
+        problem = next((s for s in sorted((s for s in shares if isinstance(s, str)),
+                                          key=lambda s: "another rank" in s)), None)
         if problem is None:
             lists = np.full((len(features), k), -1, dtype=np.int64)
             for rows, part in shares:
@@ -85,7 +94,7 @@ def shared_neighbours(features, k, search, options, rank=0, world_size=1):
         problem = comm.all_gather(problem)[0]  # rank 0's verdict, on every rank
     if problem:
         raise RuntimeError(problem)
-    return lists
+    return lists, how
 
 
 def _digest(*arrays):
@@ -167,8 +176,9 @@ class PseudoLabelHook(HookBase):
         # float16: half the memory of the copy of every feature that each rank holds.
         text_f, image_f, image_valid = extract_features(
             trainer.model, *build_feature_loader(cfg, train_set), dtype=torch.float16)
-        neighbours = [self._neighbours(f, unit) for f, unit in ((image_f[image_valid], "images"),
-                                                                (text_f, "captions"))]
+        searched = [self._neighbours(f, unit) for f, unit in ((image_f[image_valid], "images"),
+                                                              (text_f, "captions"))]
+        neighbours = [lists for lists, _ in searched]
         labels = None
         if comm.is_main_process():
             try:
@@ -181,6 +191,9 @@ class PseudoLabelHook(HookBase):
         if isinstance(labels, Exception):
             raise RuntimeError(f"Pseudo-label clustering failed on rank 0: {labels!r}")
         self.image_labels, self.text_labels, stats = labels
+        for name, (_, how) in zip(("image", "text"), searched):
+            if how.tried and not math.isnan(how.recall):  # approximate: its measured recall@K1
+                stats[f"{name}_knn_recall"] = how.recall
         self._apply(memory, train_set, sampler, image_f, text_f)
         stats["seconds"] = time.perf_counter() - start
         self._report(stats, self._peak_memory_per_rank(peak))
@@ -197,18 +210,26 @@ class PseudoLabelHook(HookBase):
         """This modality's neighbour lists on rank 0 (None elsewhere), every rank searching its
         share; logs which search ran."""
         p, start, world = self.cfg.PSEUDO, time.perf_counter(), comm.get_world_size()
-        how = resolve_search(p.SEARCH, len(features), p.EXACT_MAX)
-        lists = shared_neighbours(features, p.K1, how, search_options(self.cfg),
-                                  comm.get_rank(), world)
+        asked = resolve_search(p.SEARCH, len(features), p.EXACT_MAX)
+        lists, how = shared_neighbours(features, p.K1, asked, search_options(self.cfg),
+                                       comm.get_rank(), world)
         if comm.is_main_process():
-            ivf = p.IVF
-            settings = "" if how == "exact" else \
-                f" (PSEUDO.IVF: NLIST {ivf.NLIST}, NPROBE {ivf.NPROBE})"
-            logger.info(f"{how} kNN search over {len(features)} {unit}{settings} "
+            settings = ""
+            if how.tried:
+                measured = f"recall@{p.K1} not measured (PSEUDO.IVF.RECALL_ROWS 0)" \
+                    if math.isnan(how.recall) else \
+                    f"recall@{p.K1} {how.recall:.3f} on {min(len(features), p.IVF.RECALL_ROWS)} " \
+                    f"sampled rows"
+                settings = (f" ({how.cells} cells, NPROBE {how.nprobe}: {measured})"
+                            if how.search == "approximate" else
+                            f" (the approximate search's recall@{p.K1} stayed below "
+                            f"PSEUDO.IVF.MIN_RECALL {p.IVF.MIN_RECALL} until exact search "
+                            f"was cheaper)")
+            logger.info(f"{how.search} kNN search over {len(features)} {unit}{settings} "
                         f"({search_rule(p.SEARCH, p.EXACT_MAX)}), "
                         f"{world} rank{'s' if world > 1 else ''}: "
                         f"{time.perf_counter() - start:.1f} s")
-        return lists
+        return lists, how
 
     def _cluster(self, image_f, text_f, pair_image, image_valid, neighbours):
         """Image and caption pseudo labels, OPLM, statistics, from the gathered neighbour lists

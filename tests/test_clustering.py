@@ -1,4 +1,6 @@
 """The sparse Jaccard distance and clustering against FastReID's dense implementation."""
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -102,22 +104,74 @@ def test_dense_blob_labels_equal_fastreid_dense():
     assert adjusted_rand_score(expected, cluster(x, search="exact")) == 1.0
 
 
-@pytest.mark.parametrize("search, options", [("exact", {"block": 64}),
-                                             # no recall target: ranks simulated in turn in one
-                                             # process cannot sum their recall
-                                             ("approximate", {"nprobe": 3, "min_recall": 0})])
+def on_thread_ranks(world_size, work):
+    """[work(rank, sum_over_ranks) for each rank], the ranks run as threads whose sum_over_ranks
+    meet as a collective does (each returns the same sum, in rank order); an exception of a rank
+    is its result."""
+    parts, results = [None] * world_size, [None] * world_size
+    barrier = threading.Barrier(world_size, timeout=120)
+
+    def sum_of(rank):
+        def total(array):
+            parts[rank] = np.array(array, dtype=np.float64)
+            barrier.wait()
+            out = np.sum(parts, axis=0)
+            barrier.wait()  # nobody writes the next parts before everyone has read these
+            return out
+        return total
+
+    def run(rank):
+        try:
+            results[rank] = work(rank, sum_of(rank))
+        except Exception as err:
+            results[rank] = err
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(world_size)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+@pytest.mark.parametrize("search, options", [
+    ("exact", {"block": 64}),
+    ("approximate", {"nprobe": 3, "min_recall": 0}),  # as configured
+    ("approximate", {"nprobe": 2, "min_recall": 0.8}),  # widened alike by the summed recall
+    ("approximate", {"nprobe": 2, "min_recall": 0.999})])  # turned exact alike
 def test_shares_of_the_rows_give_exactly_the_whole_search(search, options):
     x = clustered_features(700, seed=5)
     x[10:80] = x[9]  # ties, which every share must resolve alike
-    whole = knn(x, 20, search, **options)
+    whole = knn_share(x, 20, search, 0, 1, **options)
     for world_size in (2, 3):
-        lists = np.full_like(whole, -1)
-        for rank in range(world_size):
-            share = knn_share(x, 20, search, rank, world_size, **options)
+        shares = on_thread_ranks(world_size, lambda rank, total: knn_share(
+            x, 20, search, rank, world_size, sum_over_ranks=total, **options))
+        lists = np.full_like(whole.lists, -1)
+        for share in shares:
+            assert share._replace(rows=None, lists=None) == whole._replace(rows=None, lists=None)
             lists[share.rows] = share.lists
-        assert np.array_equal(lists, whole), (search, world_size)
-    assert np.array_equal(whole[:, 0], np.arange(len(x)))
-    assert np.array_equal(whole[9, :8], [9, 10, 11, 12, 13, 14, 15, 16])  # ties by index
+        assert np.array_equal(lists, whole.lists), (search, world_size)
+    assert np.array_equal(whole.lists[:, 0], np.arange(len(x)))
+    assert np.array_equal(whole.lists[9, :8], [9, 10, 11, 12, 13, 14, 15, 16])  # ties by index
+    if options.get("min_recall"):  # the case widens, to an approximate or an exact search
+        assert len(whole.tried) == 3
+        assert whole.search == ("approximate" if options["min_recall"] < 0.9 else "exact")
+
+
+def test_a_failure_on_one_rank_is_raised_on_every_rank():
+    from cpcl_plugin.clustering.neighbours import _summed
+
+    def work(rank, total):
+        def contribute():
+            if rank == 1:
+                raise MemoryError("rank 1 ran out")
+            return np.ones(3)
+        return _summed(total, contribute, 3)
+    assert np.array_equal(on_thread_ranks(1, work)[0], np.ones(3))
+    first, second = on_thread_ranks(2, work)
+    assert isinstance(second, MemoryError)
+    assert isinstance(first, RuntimeError) and "failed on another rank" in str(first)
+    with pytest.raises(ValueError, match="needs sum_over_ranks"):
+        knn_share(clustered_features(300), 5, "approximate", 0, 2)
 
 
 def test_approximate_search_agrees_with_exact_on_a_clustered_set():
@@ -197,8 +251,6 @@ def test_approximate_search_below_its_target_warns_once(caplog):
     assert f"found only {found.recall:.3f} of the 30 nearest neighbours" in warnings[0]
     assert "below PSEUDO.IVF.MIN_RECALL 0.999" in warnings[0]
     assert "Raise PSEUDO.IVF.MAX_NPROBE" in warnings[0] and "PSEUDO.SEARCH exact" in warnings[0]
-    with pytest.raises(ValueError, match="needs sum_over_ranks"):
-        knn_share(x, 30, "approximate", 0, 2)
 
 
 def test_search_choice_and_its_log(caplog):

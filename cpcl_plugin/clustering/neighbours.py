@@ -22,10 +22,12 @@ one rank's share of the rows. Arrays in, arrays out; no trainer state, no proces
 
 With several processes, each computes a share (`knn_share`): whole blocks of rows for the exact
 search, whole cells for the approximate one, and each share multiplies exactly the blocks one
-process multiplies, in the same order, so the lists come out bit-identical (given the same
-k-means cells on every rank, which the caller checks). The recall is summed over the ranks
-(`sum_over_ranks`), so that every rank makes the same choice. Every row's own index comes first in
-its list (duplicates would otherwise tie with it).
+process multiplies, in the same order, so the lists come out bit-identical. The approximate
+search's ranks meet through one collective, a sum over ranks (`sum_over_ranks`): rank 0 alone
+trains the k-means and the others receive its centres (the same cells by construction), each rank
+assigns its block-aligned share of the rows to cells, and the sampled recall is summed, so that
+every rank widens alike. Every row's own index comes first in its list (duplicates would otherwise
+tie with it).
 """
 import logging
 import math
@@ -118,8 +120,9 @@ def knn_share(features, k, search, rank, world_size, nlist=0, nprobe=8, train_pe
         min_recall, max_nprobe, recall_rows: the approximate search's recall@k target, the most
             cells per cell it scans to reach it, and the rows it measures recall on (0 = none;
             the target is then not checked).
-        sum_over_ranks: with `world_size` > 1 and a recall target, a function that returns the
-            element-wise sum of a float64 array over every rank (a collective each rank calls).
+        sum_over_ranks: with `world_size` > 1, for the approximate search, a function that
+            returns the element-wise sum of a float64 array over every rank (a collective that
+            every rank calls in the same order).
         device: torch device of the matrix products (default CUDA when available, else CPU).
         block: rows per matrix product.
     """
@@ -132,9 +135,9 @@ def knn_share(features, k, search, rank, world_size, nlist=0, nprobe=8, train_pe
         return SearchShare(np.arange(share.start, share.stop), _exact(x, k, share, block),
                            "exact", 1.0)
     if search == "approximate":
-        if world_size > 1 and sum_over_ranks is None and min_recall > 0 and recall_rows > 0:
-            raise ValueError("a shared approximate search with a recall target needs "
-                             "sum_over_ranks, so that every rank adapts alike")
+        if world_size > 1 and sum_over_ranks is None:
+            raise ValueError("an approximate search shared by several ranks needs "
+                             "sum_over_ranks (its ranks share the k-means and the recall)")
         return _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block,
                             min_recall, max_nprobe, recall_rows,
                             sum_over_ranks or (lambda a: a))
@@ -284,21 +287,32 @@ def _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block, m
     start = time.perf_counter()
     n, device = x.n, x.device
     cells = ivf_lists(n, nlist)
-    # The same sample, seed and k-means on every rank, hence the same cells.
     sample = np.sort(np.random.default_rng(1234).choice(n, min(n, cells * train_per_list),
                                                         replace=False))
-    # On the CPU: faiss's gpu=True would spread every rank's k-means over every visible GPU.
-    # min_points_per_centroid 1: with few rows (a small set, or an explicit PSEUDO.IVF.NLIST)
-    # faiss would print a raw "please provide at least 39 training points" to the console; the
-    # cells are only a search index, and ivf_lists already keeps 39 rows a cell by default.
-    kmeans = faiss.Kmeans(x.x.shape[1], cells, niter=10, seed=1234, spherical=x.unit,
-                          max_points_per_centroid=train_per_list, min_points_per_centroid=1)
-    kmeans.train(np.ascontiguousarray(x.take(torch.from_numpy(sample)).cpu().numpy()))
-    centres = torch.from_numpy(kmeans.centroids).to(device)
-    # Each row's cell, in fixed blocks of rows (the same products on every rank).
-    cell_of = torch.cat([(x.take(slice(a, a + block)) @ centres.T -
-                          (0 if x.unit else 0.5 * (centres ** 2).sum(1))).argmax(dim=1)
-                         for a in range(0, n, block)]).cpu()
+
+    def train():
+        # On the CPU: faiss's gpu=True would spread the k-means over every visible GPU.
+        # min_points_per_centroid 1: with few rows (a small set, or an explicit PSEUDO.IVF.NLIST)
+        # faiss would print a raw "please provide at least 39 training points" to the console;
+        # the cells are only a search index, and ivf_lists already keeps 39 rows a cell.
+        kmeans = faiss.Kmeans(x.x.shape[1], cells, niter=10, seed=1234, spherical=x.unit,
+                              max_points_per_centroid=train_per_list, min_points_per_centroid=1)
+        kmeans.train(np.ascontiguousarray(x.take(torch.from_numpy(sample)).cpu().numpy()))
+        return kmeans.centroids.ravel()
+    # Rank 0 trains; the sum hands its centres to every rank (x + 0 is exact).
+    centres = torch.from_numpy(_summed(sum_over_ranks, train if rank == 0 else None,
+                                       cells * x.x.shape[1]).astype(np.float32)
+                               .reshape(cells, -1)).to(device)
+    shift = 0 if x.unit else 0.5 * (centres ** 2).sum(1)
+    assigned = row_share(n, rank, world_size, block)
+
+    def assign():  # this rank's rows' cells, in the blocks one process would multiply
+        cell_of = np.zeros(n)
+        for a in range(assigned.start, assigned.stop, block):
+            cell_of[a:a + block] = (x.take(slice(a, min(a + block, assigned.stop))) @ centres.T -
+                                    shift).argmax(dim=1).cpu().numpy()
+        return cell_of
+    cell_of = torch.from_numpy(_summed(sum_over_ranks, assign, n).astype(np.int64))
     order = torch.argsort(cell_of, stable=True)  # rows grouped by cell, ascending within
     bounds = torch.searchsorted(cell_of[order], torch.arange(cells + 1))
     sizes = (bounds[1:] - bounds[:-1]).double()
@@ -315,34 +329,28 @@ def _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block, m
         near = centre_scores.topk(probes, dim=1).indices.cpu()
         return float((sizes * sizes[near].sum(dim=1)).sum()), near
 
-    probes, tried = min(nprobe, cells), []
+    probes, tried, scanned = min(nprobe, cells), [], {}
+
+    def scan_and_measure():
+        scanned["rows"], scanned["lists"] = _scan_cells(x, k, order, bounds,
+                                                        scanned_pairs(probes)[1], mine, block)
+        return _sampled_hits(x, scanned["rows"], scanned["lists"], recall_sample, block) \
+            if len(recall_sample) else (0.0, 0.0)
     while True:
-        _, near_cells = scanned_pairs(probes)
-        failure = None
-        try:
-            rows, lists = _scan_cells(x, k, order, bounds, near_cells, mine, block)
-            found, asked = _sampled_hits(x, rows, lists, recall_sample, block) \
-                if len(recall_sample) else (0.0, 0.0)
-        except Exception as err:  # every rank must reach the sum below, then fail
-            failure, found, asked = err, 0.0, 0.0
-        found, asked, failed = sum_over_ranks(np.array([found, asked, failure is not None],
-                                                       dtype=np.float64))
-        if failure is not None:
-            raise failure
-        if failed:
-            raise RuntimeError("the approximate neighbour search failed on another rank")
+        found, asked = _summed(sum_over_ranks, scan_and_measure, 2)
+        rows, lists = scanned["rows"], scanned["lists"]
         recall = found / asked if asked else float("nan")
         tried.append((probes, recall))
         if not asked or recall >= min_recall or probes >= cells:
             break
         wider = min(cells, 2 * probes)
         if scanned_pairs(wider)[0] >= exact_pairs:
-            share = row_share(n, rank, world_size, block)
             logger.info(f"approximate kNN: recall@{k} {_tried(tried)} is below the target "
                         f"{min_recall} and {wider} of {cells} cells would cost more than exact "
                         f"search: exact search instead")
-            return SearchShare(np.arange(share.start, share.stop), _exact(x, k, share, block),
-                               "exact", 1.0, 0, cells, tuple(tried))
+            return SearchShare(np.arange(assigned.start, assigned.stop),
+                               _exact(x, k, assigned, block), "exact", 1.0, 0, cells,
+                               tuple(tried))
         if wider > max_nprobe:
             if rank == 0:
                 logger.warning(
@@ -359,6 +367,24 @@ def _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block, m
                 f"{time.perf_counter() - start:.1f} s; recall@{k} on {len(recall_sample)} sampled "
                 f"rows: {_tried(tried)}")
     return SearchShare(rows, lists, "approximate", recall, probes, cells, tuple(tried))
+
+
+def _summed(sum_over_ranks, contribute, size):
+    """The sum over the ranks of what each contributes: `contribute()` gives a float64 array of
+    `size` (None: this rank gives zeros). An exception on any rank is raised on every rank, after
+    the sum, so that no rank is left waiting in it."""
+    part, failure = np.zeros(size + 1), None
+    try:
+        if contribute is not None:
+            part[1:] = contribute()
+    except Exception as err:
+        part[0], failure = 1, err
+    total = sum_over_ranks(part)
+    if failure is not None:
+        raise failure
+    if total[0]:
+        raise RuntimeError("the approximate neighbour search failed on another rank")
+    return total[1:]
 
 
 def _tried(tried):

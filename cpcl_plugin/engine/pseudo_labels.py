@@ -59,8 +59,8 @@ def shared_neighbours(features, k, search, options, rank=0, world_size=1):
     other ranks), and how the search went (`SearchShare` without rows and lists, the same on every
     rank). Each rank searches its share of the rows (`knn_share`, on its own device), the shares
     are gathered on rank 0. Identical to one process searching everything. A failed search on any
-    rank, or shares that do not cover every row once (ranks whose k-means cells differ), raise
-    the same RuntimeError on every rank, so that no rank is left waiting."""
+    rank, or shares that do not cover every row once, raise the same RuntimeError on every rank,
+    so that no rank is left waiting."""
     if len(features) == 0:
         return (np.zeros((0, 0), dtype=np.int64) if rank == 0 else None), \
             SearchShare(None, None, search, 1.0)
@@ -88,8 +88,8 @@ def shared_neighbours(features, k, search, options, rank=0, world_size=1):
             if (written != 1).any():
                 problem = (f"the ranks' shares of the {search} neighbour search cover "
                            f"{int((written == 0).sum())} rows not at all and "
-                           f"{int((written > 1).sum())} rows more than once: their k-means cells "
-                           f"differ (same faiss build and thread count on every rank?)")
+                           f"{int((written > 1).sum())} rows more than once (a bug: please "
+                           f"report it with this line)")
     if world_size > 1:
         problem = comm.all_gather(problem)[0]  # rank 0's verdict, on every rank
     if problem:

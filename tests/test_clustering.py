@@ -12,6 +12,7 @@ from cpcl_plugin.clustering import (cluster, jaccard_distance, knn, knn_share,
                                     outliers_as_singletons, relabel_in_order, resolve_search,
                                     sampled_recall)
 from cpcl_plugin.clustering.neighbours import ivf_lists
+from cpcl_plugin.clustering.ranks import gathered
 from feature_distributions import FEATURE_DISTRIBUTIONS  # benchmarks/, on the path by conftest
 from feature_distributions import clustered_features as make_features
 
@@ -105,24 +106,24 @@ def test_dense_blob_labels_equal_fastreid_dense():
 
 
 def on_thread_ranks(world_size, work):
-    """[work(rank, sum_over_ranks) for each rank], the ranks run as threads whose sum_over_ranks
-    meet as a collective does (each returns the same sum, in rank order); an exception of a rank
-    is its result."""
+    """[work(rank, all_gather) for each rank], the ranks run as threads whose all_gather meet as
+    the collective does (every rank gets every rank's object, in rank order); an exception of a
+    rank is its result."""
     parts, results = [None] * world_size, [None] * world_size
     barrier = threading.Barrier(world_size, timeout=120)
 
-    def sum_of(rank):
-        def total(array):
-            parts[rank] = np.array(array, dtype=np.float64)
+    def gather_of(rank):
+        def all_gather(obj):
+            parts[rank] = obj
             barrier.wait()
-            out = np.sum(parts, axis=0)
+            out = list(parts)
             barrier.wait()  # nobody writes the next parts before everyone has read these
             return out
-        return total
+        return all_gather
 
     def run(rank):
         try:
-            results[rank] = work(rank, sum_of(rank))
+            results[rank] = work(rank, gather_of(rank))
         except Exception as err:
             results[rank] = err
     threads = [threading.Thread(target=run, args=(rank,)) for rank in range(world_size)]
@@ -143,8 +144,8 @@ def test_shares_of_the_rows_give_exactly_the_whole_search(search, options):
     x[10:80] = x[9]  # ties, which every share must resolve alike
     whole = knn_share(x, 20, search, 0, 1, **options)
     for world_size in (2, 3):
-        shares = on_thread_ranks(world_size, lambda rank, total: knn_share(
-            x, 20, search, rank, world_size, sum_over_ranks=total, **options))
+        shares = on_thread_ranks(world_size, lambda rank, all_gather: knn_share(
+            x, 20, search, rank, world_size, all_gather=all_gather, **options))
         lists = np.full_like(whole.lists, -1)
         for share in shares:
             assert share._replace(rows=None, lists=None) == whole._replace(rows=None, lists=None)
@@ -158,19 +159,21 @@ def test_shares_of_the_rows_give_exactly_the_whole_search(search, options):
 
 
 def test_a_failure_on_one_rank_is_raised_on_every_rank():
-    from cpcl_plugin.clustering.neighbours import _summed
-
-    def work(rank, total):
+    def work(rank, all_gather):
         def contribute():
             if rank == 1:
                 raise MemoryError("rank 1 ran out")
-            return np.ones(3)
-        return _summed(total, contribute, 3)
-    assert np.array_equal(on_thread_ranks(1, work)[0], np.ones(3))
-    first, second = on_thread_ranks(2, work)
+            return rank
+        return gathered(all_gather, contribute)
+    assert on_thread_ranks(1, work) == [[0]]
+    assert on_thread_ranks(3, lambda rank, all_gather: gathered(all_gather, lambda: rank)) == \
+        [[0, 1, 2]] * 3
+    first, second, third = on_thread_ranks(3, work)
     assert isinstance(second, MemoryError)
-    assert isinstance(first, RuntimeError) and "failed on another rank" in str(first)
-    with pytest.raises(ValueError, match="needs sum_over_ranks"):
+    for other in (first, third):
+        assert isinstance(other, RuntimeError)
+        assert "failed on rank 1: MemoryError: rank 1 ran out" in str(other)
+    with pytest.raises(ValueError, match="needs their all_gather"):
         knn_share(clustered_features(300), 5, "approximate", 0, 2)
 
 

@@ -23,10 +23,10 @@ one rank's share of the rows. Arrays in, arrays out; no trainer state, no proces
 With several processes, each computes a share (`knn_share`): whole blocks of rows for the exact
 search, whole cells for the approximate one, and each share multiplies exactly the blocks one
 process multiplies, in the same order, so the lists come out bit-identical. The approximate
-search's ranks meet through one collective, a sum over ranks (`sum_over_ranks`): rank 0 alone
-trains the k-means and the others receive its centres (the same cells by construction), each rank
-assigns its block-aligned share of the rows to cells, and the sampled recall is summed, so that
-every rank widens alike. Every row's own index comes first in its list (duplicates would otherwise
+search's ranks meet through `all_gather` (ranks.py): rank 0 alone trains the k-means and the
+others receive its centres (the same cells by construction), each rank assigns its block-aligned
+share of the rows to cells, and the sampled recall is summed over the ranks, so that every rank
+widens alike. Every row's own index comes first in its list (duplicates would otherwise
 tie with it).
 """
 import logging
@@ -37,6 +37,8 @@ from typing import NamedTuple
 import faiss
 import numpy as np
 import torch
+
+from .ranks import gathered, one_process
 
 __all__ = ["SEARCHES", "knn", "knn_share", "resolve_search", "row_share", "ivf_lists",
            "search_rule", "sampled_recall", "SearchShare", "BLOCK"]
@@ -105,7 +107,7 @@ class SearchShare(NamedTuple):
 
 
 def knn_share(features, k, search, rank, world_size, nlist=0, nprobe=8, train_per_list=64,
-              min_recall=0.95, max_nprobe=64, recall_rows=1000, sum_over_ranks=None,
+              min_recall=0.95, max_nprobe=64, recall_rows=1000, all_gather=one_process,
               device=None, block=BLOCK):
     """The neighbour lists of the share of rows that `rank` of `world_size` computes, as a
     `SearchShare`. Concatenated over the ranks and put in row order, the shares' lists give
@@ -120,9 +122,8 @@ def knn_share(features, k, search, rank, world_size, nlist=0, nprobe=8, train_pe
         min_recall, max_nprobe, recall_rows: the approximate search's recall@k target, the most
             cells per cell it scans to reach it, and the rows it measures recall on (0 = none;
             the target is then not checked).
-        sum_over_ranks: with `world_size` > 1, for the approximate search, a function that
-            returns the element-wise sum of a float64 array over every rank (a collective that
-            every rank calls in the same order).
+        all_gather: with `world_size` > 1, for the approximate search, the collective of
+            ranks.py (the list of every rank's object).
         device: torch device of the matrix products (default CUDA when available, else CPU).
         block: rows per matrix product.
     """
@@ -135,12 +136,11 @@ def knn_share(features, k, search, rank, world_size, nlist=0, nprobe=8, train_pe
         return SearchShare(np.arange(share.start, share.stop), _exact(x, k, share, block),
                            "exact", 1.0)
     if search == "approximate":
-        if world_size > 1 and sum_over_ranks is None:
-            raise ValueError("an approximate search shared by several ranks needs "
-                             "sum_over_ranks (its ranks share the k-means and the recall)")
+        if world_size > 1 and all_gather is one_process:
+            raise ValueError("an approximate search shared by several ranks needs their "
+                             "all_gather (they share the k-means and the recall)")
         return _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block,
-                            min_recall, max_nprobe, recall_rows,
-                            sum_over_ranks or (lambda a: a))
+                            min_recall, max_nprobe, recall_rows, all_gather)
     raise ValueError(f"search {search!r} must be 'exact' or 'approximate' here")
 
 
@@ -280,7 +280,7 @@ def _sampled_hits(x, rows, lists, sample, block):
 
 
 def _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block, min_recall,
-                 max_nprobe, recall_rows, sum_over_ranks):
+                 max_nprobe, recall_rows, all_gather):
     """IVF: the rows of each cell of this rank's share of cells, against the rows of the nprobe
     cells nearest to the cell's centre; nprobe doubles while the measured recall is below
     `min_recall` (see the module's docstring)."""
@@ -298,21 +298,19 @@ def _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block, m
         kmeans = faiss.Kmeans(x.x.shape[1], cells, niter=10, seed=1234, spherical=x.unit,
                               max_points_per_centroid=train_per_list, min_points_per_centroid=1)
         kmeans.train(np.ascontiguousarray(x.take(torch.from_numpy(sample)).cpu().numpy()))
-        return kmeans.centroids.ravel()
-    # Rank 0 trains; the sum hands its centres to every rank (x + 0 is exact).
-    centres = torch.from_numpy(_summed(sum_over_ranks, train if rank == 0 else None,
-                                       cells * x.x.shape[1]).astype(np.float32)
-                               .reshape(cells, -1)).to(device)
+        return kmeans.centroids
+    # Rank 0 trains, every rank takes its centres.
+    centres = torch.from_numpy(gathered(all_gather, train if rank == 0 else lambda: None)[0]) \
+        .to(device)
     shift = 0 if x.unit else 0.5 * (centres ** 2).sum(1)
     assigned = row_share(n, rank, world_size, block)
 
     def assign():  # this rank's rows' cells, in the blocks one process would multiply
-        cell_of = np.zeros(n)
-        for a in range(assigned.start, assigned.stop, block):
-            cell_of[a:a + block] = (x.take(slice(a, min(a + block, assigned.stop))) @ centres.T -
-                                    shift).argmax(dim=1).cpu().numpy()
-        return cell_of
-    cell_of = torch.from_numpy(_summed(sum_over_ranks, assign, n).astype(np.int64))
+        return torch.cat([(x.take(slice(a, min(a + block, assigned.stop))) @ centres.T -
+                           shift).argmax(dim=1).cpu()
+                          for a in range(assigned.start, assigned.stop, block)] or
+                         [torch.zeros(0, dtype=torch.int64)])
+    cell_of = torch.cat(gathered(all_gather, assign))  # the shares ascend with the rank
     order = torch.argsort(cell_of, stable=True)  # rows grouped by cell, ascending within
     bounds = torch.searchsorted(cell_of[order], torch.arange(cells + 1))
     sizes = (bounds[1:] - bounds[:-1]).double()
@@ -337,7 +335,7 @@ def _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block, m
         return _sampled_hits(x, scanned["rows"], scanned["lists"], recall_sample, block) \
             if len(recall_sample) else (0.0, 0.0)
     while True:
-        found, asked = _summed(sum_over_ranks, scan_and_measure, 2)
+        found, asked = np.sum(gathered(all_gather, scan_and_measure), axis=0)
         rows, lists = scanned["rows"], scanned["lists"]
         recall = found / asked if asked else float("nan")
         tried.append((probes, recall))
@@ -367,24 +365,6 @@ def _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block, m
                 f"{time.perf_counter() - start:.1f} s; recall@{k} on {len(recall_sample)} sampled "
                 f"rows: {_tried(tried)}")
     return SearchShare(rows, lists, "approximate", recall, probes, cells, tuple(tried))
-
-
-def _summed(sum_over_ranks, contribute, size):
-    """The sum over the ranks of what each contributes: `contribute()` gives a float64 array of
-    `size` (None: this rank gives zeros). An exception on any rank is raised on every rank, after
-    the sum, so that no rank is left waiting in it."""
-    part, failure = np.zeros(size + 1), None
-    try:
-        if contribute is not None:
-            part[1:] = contribute()
-    except Exception as err:
-        part[0], failure = 1, err
-    total = sum_over_ranks(part)
-    if failure is not None:
-        raise failure
-    if total[0]:
-        raise RuntimeError("the approximate neighbour search failed on another rank")
-    return total[1:]
 
 
 def _tried(tried):

@@ -28,6 +28,7 @@ from fastreid.utils import comm
 from ..clustering import (SearchShare, cluster, cooccurrence, knn_share, mine_outliers,
                           pseudo_label_quality, resolve_search, row_share, search_rule)
 from ..clustering.oplm import label_sums, normalized_rows
+from ..clustering.ranks import one_process
 from ..data.build import build_feature_loader, flatten_pairs
 from ..data.datasets import build_dataset
 from ..evaluation.features import extract_features
@@ -68,7 +69,8 @@ def shared_neighbours(features, k, search, options, rank=0, world_size=1):
     how = None
     try:
         found = knn_share(features, k, search, rank, world_size,
-                          sum_over_ranks=_all_reduce_sum if world_size > 1 else None, **options)
+                          all_gather=comm.all_gather if world_size > 1 else one_process,
+                          **options)
         share = (found.rows, found.lists.astype(np.int32))  # half the bytes to send
         how = found._replace(rows=None, lists=None)
     except Exception as err:  # sent as text: every exception pickles as a string

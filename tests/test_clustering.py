@@ -12,7 +12,7 @@ from cpcl_plugin.clustering import (cluster, jaccard_distance, knn, knn_share,
                                     outliers_as_singletons, relabel_in_order, resolve_search,
                                     sampled_recall)
 from cpcl_plugin.clustering.neighbours import ivf_lists
-from cpcl_plugin.clustering.ranks import gathered
+from cpcl_plugin.clustering.ranks import FailedElsewhere, gathered
 from feature_distributions import FEATURE_DISTRIBUTIONS  # benchmarks/, on the path by conftest
 from feature_distributions import clustered_features as make_features
 
@@ -158,6 +158,19 @@ def test_shares_of_the_rows_give_exactly_the_whole_search(search, options):
         assert whole.search == ("approximate" if options["min_recall"] < 0.9 else "exact")
 
 
+@pytest.mark.parametrize("name", list(FEATURE_DISTRIBUTIONS))
+def test_ranks_sharing_the_dbscan_graph_give_the_labels_of_one_process(name):
+    x = FEATURE_DISTRIBUTIONS[name](900, d=64, seed=4)
+    lists = knn(x, 30)
+    single = cluster(x, neighbours=lists)
+    assert single.max() >= 1  # the case clusters at all
+    for world_size in (2, 3):
+        labels = on_thread_ranks(world_size, lambda rank, all_gather: cluster(
+            x, neighbours=lists, rank=rank, world_size=world_size, all_gather=all_gather))
+        for got in labels:
+            assert np.array_equal(got, single), (name, world_size)
+
+
 def test_a_failure_on_one_rank_is_raised_on_every_rank():
     def work(rank, all_gather):
         def contribute():
@@ -171,7 +184,7 @@ def test_a_failure_on_one_rank_is_raised_on_every_rank():
     first, second, third = on_thread_ranks(3, work)
     assert isinstance(second, MemoryError)
     for other in (first, third):
-        assert isinstance(other, RuntimeError)
+        assert isinstance(other, FailedElsewhere)
         assert "failed on rank 1: MemoryError: rank 1 ran out" in str(other)
     with pytest.raises(ValueError, match="needs their all_gather"):
         knn_share(clustered_features(300), 5, "approximate", 0, 2)

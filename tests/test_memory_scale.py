@@ -1,5 +1,5 @@
-"""The pseudo-label pass built to scale (issue 13): kNN shared across ranks, identical to one
-process; prototypes from per-rank shares of the rows combined by one all-reduce, identical on every
+"""The pseudo-label pass built to scale (issues 13 and 22): kNN and the DBSCAN graph shared across
+ranks, identical to one process; prototypes from per-rank shares of the rows combined by one all-reduce, identical on every
 rank; float16 features; the peak-memory measurement."""
 import glob
 import mmap
@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from fastreid.utils import comm
 
 from cpcl_plugin import compat
 from cpcl_plugin.clustering import cluster, knn_share
@@ -65,13 +66,15 @@ def _rank_worker(rank, folder):
                             world_size=WORLD_SIZE)
     try:
         torch.save(_memory_state(*_inputs(), rank, WORLD_SIZE), f"{folder}/memory_{rank}.pth")
+        x = _search_inputs()
         for name, (search, options) in SEARCHES.items():
-            lists, how = shared_neighbours(_search_inputs(), 30, search, options, rank,
-                                           WORLD_SIZE)
-            assert (lists is None) == (rank != 0)
+            lists, how = shared_neighbours(x, 30, search, options, rank, WORLD_SIZE)
             torch.save(how._asdict(), f"{folder}/{name} search {rank}.pth")
-            if rank == 0:
-                np.save(f"{folder}/{name}.npy", lists)
+            np.save(f"{folder}/{name} {rank}.npy", lists)
+            # The clustering shared by the ranks, from the lists every rank holds.
+            labels = cluster(x, neighbours=lists, rank=rank, world_size=WORLD_SIZE,
+                             all_gather=comm.all_gather)
+            np.save(f"{folder}/{name} labels {rank}.npy", labels)
     finally:
         compat.leave_process_group()  # FastReID's cached gloo group too
     gloo_threads = [name for name in _thread_names() if "gloo" in name]
@@ -102,10 +105,13 @@ def test_two_ranks_find_the_neighbours_and_labels_of_one_process(two_ranks, name
     x = _search_inputs()
     search, options = SEARCHES[name]
     single = knn_share(x, 30, search, 0, 1, **options)
-    shared = np.load(two_ranks / f"{name}.npy")
-    assert np.array_equal(shared, single.lists)
+    for rank in range(WORLD_SIZE):  # every rank holds all the lists
+        shared = np.load(two_ranks / f"{name} {rank}.npy")
+        assert np.array_equal(shared, single.lists)
+        labels = np.load(two_ranks / f"{name} labels {rank}.npy")
+        assert np.array_equal(labels, cluster(x, search=search, **options))
+    assert labels.max() >= 1  # the case clusters at all
     assert np.array_equal(shared[:, 0], np.arange(len(x)))  # each row's own index first
-    assert np.array_equal(cluster(x, neighbours=shared), cluster(x, search=search, **options))
     # Both ranks measured the recall of the whole search and chose alike, as one process does.
     hows = [torch.load(two_ranks / f"{name} search {r}.pth", weights_only=False)
             for r in range(WORLD_SIZE)]

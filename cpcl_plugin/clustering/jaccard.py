@@ -26,6 +26,7 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import DBSCAN
 
 from .neighbours import knn, resolve_search, search_rule
+from .ranks import gathered, one_process
 
 __all__ = ["jaccard_distance", "cluster", "relabel_in_order", "outliers_as_singletons",
            "EXACT_SEARCH_MAX"]
@@ -84,39 +85,58 @@ def _row_softmax_of_negative_sq_distance(features, pattern):
                          shape=pattern.shape)
 
 
-def _row_blocks(V, max_rows, max_terms=1 << 25):
-    """(lo, hi) blocks of rows whose product with V^T stays below about `max_terms` terms (a row
-    meets every row sharing one of its columns: the sum of its columns' counts), at most
-    `max_rows` rows each: at a million rows a hub's column would otherwise make a block's product
-    nearly dense."""
+def _row_terms(V):
+    """Per row of V, the terms of its row of V V^T: the sum of its columns' counts (a row meets
+    every row sharing one of its columns)."""
     column_counts = np.bincount(V.indices, minlength=V.shape[1]).astype(np.float64)
     terms = np.zeros(V.shape[0])
     nonempty = np.diff(V.indptr) > 0
     terms[nonempty] = np.add.reduceat(column_counts[V.indices], V.indptr[:-1][nonempty])
+    return terms
+
+
+def _row_blocks(terms, rows, max_rows, max_terms=1 << 25):
+    """(lo, hi) blocks of the rows in the slice `rows` whose product with V^T stays below about
+    `max_terms` terms, at most `max_rows` rows each: at a million rows a hub's column would
+    otherwise make a block's product nearly dense."""
     cumulative = np.cumsum(terms)
-    blocks, lo = [], 0
-    while lo < V.shape[0]:
+    blocks, lo = [], rows.start
+    while lo < rows.stop:
         reached = cumulative[lo - 1] if lo else 0.0
         hi = int(np.searchsorted(cumulative, reached + max_terms, side="right"))
-        hi = min(max(hi, lo + 1), lo + max_rows, V.shape[0])
+        hi = min(max(hi, lo + 1), lo + max_rows, rows.stop)
         blocks.append((lo, hi))
         lo = hi
     return blocks
 
 
-def _candidate_pairs(V, min_mass, max_rows=2048):
-    """(i, k, bound) for every pair k > i whose upper bound on m[i, k] = sum_j min(V[i, j],
-    V[k, j]) reaches min_mass (every pair sharing a column when min_mass <= 0).
+def _work_share(terms, rank, world_size):
+    """The rows (a slice) whose candidate pairs `rank` of `world_size` finds: consecutive rows of
+    about equal work (terms), so that a dense region does not leave one rank all of it."""
+    if world_size == 1:
+        return slice(0, len(terms))
+    cumulative = np.cumsum(terms)
+    total = cumulative[-1] if len(terms) else 0.0
+    cut = lambda r: len(terms) if r == world_size else \
+        int(np.searchsorted(cumulative, total * r / world_size, side="right"))
+    return slice(cut(rank), cut(rank + 1))
+
+
+def _candidate_pairs(V, min_mass, max_rows=2048, rows=None, terms=None):
+    """(i, k, bound) for every pair k > i, i among `rows` (a slice; default all), whose upper
+    bound on m[i, k] = sum_j min(V[i, j], V[k, j]) reaches min_mass (every pair sharing a column
+    when min_mass <= 0).
 
     min(a, b) <= sqrt(a b), so the bound is the sparse product sqrt(V) sqrt(V)^T: compiled, a
     few nanoseconds per term, and tight where the two rows agree, so that nearly every pair that
     cannot reach min_mass is ruled out however many rows share a column (dense regions, hubs).
     """
+    rows = rows or slice(0, V.shape[0])
     root = V.copy()
     root.data = np.sqrt(root.data)
     root_t = root.T.tocsr()
-    found = []
-    for lo, hi in _row_blocks(V, max_rows):
+    found = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))]
+    for lo, hi in _row_blocks(_row_terms(V) if terms is None else terms, rows, max_rows):
         bound = (root[lo:hi] @ root_t).tocoo()
         i, k = bound.row.astype(np.int64) + lo, bound.col.astype(np.int64)
         # Slack for float rounding in the bound: it must never drop a pair that qualifies.
@@ -153,10 +173,12 @@ def _shared_mass(V, min_mass=0.0):
     return _symmetric(V.shape[0], i[ok], k[ok], mass[ok], np.asarray(V.sum(axis=1)).ravel())
 
 
-def _dbscan_graph(V, eps, min_samples):
-    """A sparse symmetric graph, with the diagonal, on which DBSCAN(min_samples) gives exactly the
-    labels it gives on every pair with m >= min_mass; stored values are masses (lower bounds
-    where not summed). It leaves out pairs that cannot change those labels, without summing them.
+def _dbscan_pairs(V, eps, min_samples, rank=0, world_size=1, all_gather=one_process):
+    """(i, k, mass) of the pairs of a sparse symmetric graph on which DBSCAN(min_samples), with
+    the diagonal added, gives exactly the labels it gives on every pair with m >= min_mass;
+    masses are lower bounds where not summed. It leaves out pairs that cannot change those labels,
+    without summing them. With several ranks (every one holding all of V), each finds and sums
+    the pairs of its share of the rows, and every rank returns all the pairs.
 
     DBSCAN's labels depend only on which points are core (at least min_samples neighbours,
     itself included), on the connected components of the cores, and on the neighbours of the
@@ -166,27 +188,46 @@ def _dbscan_graph(V, eps, min_samples):
     >= 1 - sqrt(1 - b^2) for the bound b of `_candidate_pairs` (Le Cam), and those above need no
     sum; then each point's `min_samples + 2` candidates of highest bound are summed first. Every
     other candidate is summed unless it can be skipped. In dense regions, where most pairs
-    qualify, this skips most of the summing.
+    qualify, this skips most of the summing. Which pairs are skipped depends on the shares, the
+    labels do not (a border point joins the cluster of its lowest-numbered core neighbour's
+    component, whatever the graph's other pairs).
     """
     V = _sorted_csr(V)
     n = V.shape[0]
     min_mass = _min_mass(eps)
-    i, k, bound = _candidate_pairs(V, min_mass)
-    mass = 1.0 - np.sqrt(np.clip(1.0 - bound.astype(np.float64) ** 2, 0.0, None))
-    sure = mass >= min_mass + 1e-4  # slack: rows sum to 1 only to float precision
-    first = ~sure & _best_of_each_row(i, bound, min_samples + 2)
-    mass[first] = _exact_mass(V, i[first], k[first])
-    known = sure | (first & _within(mass, eps))
-    degree = 1 + np.bincount(i[known], minlength=n) + np.bincount(k[known], minlength=n)
+    mine = {}
+
+    def known_pairs():
+        terms = _row_terms(V)
+        i, k, bound = _candidate_pairs(V, min_mass, rows=_work_share(terms, rank, world_size),
+                                       terms=terms)
+        mass = 1.0 - np.sqrt(np.clip(1.0 - bound.astype(np.float64) ** 2, 0.0, None))
+        sure = mass >= min_mass + 1e-4  # slack: rows sum to 1 only to float precision
+        first = ~sure & _best_of_each_row(i, bound, min_samples + 2)
+        mass[first] = _exact_mass(V, i[first], k[first])
+        known = sure | (first & _within(mass, eps))
+        mine.update(i=i, k=k, mass=mass, sure=sure, first=first, known=known)
+        return np.bincount(i[known], minlength=n) + np.bincount(k[known], minlength=n)
+    degree = 1 + np.sum(gathered(all_gather, known_pairs), axis=0)
     core = degree >= min_samples
-    linked = known & core[i] & core[k]
-    _, component = connected_components(
-        sp.csr_matrix((np.ones(int(linked.sum()), np.int8), (i[linked], k[linked])), shape=(n, n)),
-        directed=False)
-    rest = ~sure & ~first & ~(core[i] & core[k] & (component[i] == component[k]))
-    mass[rest] = _exact_mass(V, i[rest], k[rest])
-    keep = known | (rest & _within(mass, eps))
-    return _symmetric(n, i[keep], k[keep], mass[keep], np.ones(n))
+
+    def linked_pairs():
+        i, k, known = mine["i"], mine["k"], mine["known"]
+        linked = known & core[i] & core[k]
+        return i[linked], k[linked]
+    linked = gathered(all_gather, linked_pairs)
+
+    def kept_pairs():
+        i, k, mass = mine["i"], mine["k"], mine["mass"]
+        li, lk = (np.concatenate(parts) for parts in zip(*linked))
+        _, component = connected_components(
+            sp.csr_matrix((np.ones(len(li), np.int8), (li, lk)), shape=(n, n)), directed=False)
+        rest = ~mine["sure"] & ~mine["first"] & ~(core[i] & core[k] &
+                                                  (component[i] == component[k]))
+        mass[rest] = _exact_mass(V, i[rest], k[rest])
+        keep = mine["known"] | (rest & _within(mass, eps))
+        return i[keep], k[keep], mass[keep]
+    return tuple(np.concatenate(parts) for parts in zip(*gathered(all_gather, kept_pairs)))
 
 
 def _within(mass, eps):
@@ -277,7 +318,8 @@ def _expanded_weights(features, k1, k2, neighbours=None):
 
 
 def cluster(features, eps=0.6, min_samples=4, k1=30, k2=6, search="auto", neighbours=None,
-            exact_max=EXACT_SEARCH_MAX, **approximate):
+            exact_max=EXACT_SEARCH_MAX, rank=0, world_size=1, all_gather=one_process,
+            **approximate):
     """Pseudo labels of `features` (N, d): DBSCAN on the sparse Jaccard distance; -1 = outlier.
 
     Args:
@@ -286,6 +328,10 @@ def cluster(features, eps=0.6, min_samples=4, k1=30, k2=6, search="auto", neighb
             "auto": exact up to `exact_max` rows, approximate above. Logged.
         neighbours: the (N, k1) lists already found (e.g. gathered from every rank's share);
             `search` is then not run.
+        rank, world_size, all_gather: to cluster with several ranks (ranks.py), each holding all
+            the features and `neighbours`: each finds and sums the DBSCAN graph's pairs of its
+            share of the rows, rank 0 runs DBSCAN, and every rank returns its labels, the labels
+            of one process. A failure on any rank is raised on every rank.
 
     Labels are numbered 0..K-1 in order of first appearance, so the same partition always gets
     the same labels.
@@ -294,17 +340,33 @@ def cluster(features, eps=0.6, min_samples=4, k1=30, k2=6, search="auto", neighb
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     if neighbours is None:
+        if world_size > 1:
+            raise ValueError("clustering with several ranks takes every rank's neighbour lists "
+                             "(engine/pseudo_labels.py: shared_neighbours)")
         start = time.perf_counter()
         how = resolve_search(search, n, exact_max)
         neighbours = knn(features, k1, how, **approximate)
         logger.info(f"kNN of {n} rows: {how} search ({search_rule(search, exact_max)}), "
                     f"{time.perf_counter() - start:.1f} s")
-    V = _expanded_weights(features, k1, k2, neighbours)
-    graph = _mass_to_distance(_dbscan_graph(V, eps, min_samples))
-    # sklearn treats stored entries as the neighbourhood graph: absent pairs are never neighbours
-    # (pairs left out by _dbscan_graph cannot change the labels; the others are beyond eps).
-    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(graph)
-    return relabel_in_order(labels)
+    # Every step between two collectives runs inside gathered(), so that a failure on one rank
+    # reaches the others before they wait in the next collective.
+    weights = {}
+
+    def expand():  # every rank: each needs the whole of V (its pairs reach every row)
+        weights["V"] = _expanded_weights(features, k1, k2, neighbours)
+    gathered(all_gather, expand)
+    i, k, mass = _dbscan_pairs(weights["V"], eps, min_samples, rank, world_size, all_gather)
+
+    def labels_of_rank0():
+        if rank != 0:
+            return None
+        graph = _mass_to_distance(_symmetric(n, i, k, mass, np.ones(n)))
+        # sklearn treats stored entries as the neighbourhood graph: absent pairs are never
+        # neighbours (pairs left out by _dbscan_pairs cannot change the labels; the others are
+        # beyond eps).
+        return relabel_in_order(DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed")
+                                .fit_predict(graph))
+    return gathered(all_gather, labels_of_rank0)[0]
 
 
 def relabel_in_order(labels):

@@ -4,7 +4,11 @@ function that every rank calls in the same order and that returns the list of ev
 with the caller (engine/pseudo_labels.py passes FastReID's `comm.all_gather`), so the clustering
 remains arrays in, arrays out, and threads can stand in for ranks in tests."""
 
-__all__ = ["one_process", "gathered"]
+__all__ = ["one_process", "gathered", "FailedElsewhere"]
+
+
+class FailedElsewhere(RuntimeError):
+    """Raised by `gathered` on the ranks whose own part succeeded, when another rank's failed."""
 
 
 def one_process(obj):
@@ -15,8 +19,8 @@ def one_process(obj):
 def gathered(all_gather, contribute):
     """[what `contribute()` returned on each rank], in rank order. An exception on any rank is
     raised on every rank after the exchange, so that no rank is left waiting in a collective that
-    another has left: its own exception on the failing rank, elsewhere a RuntimeError naming the
-    rank and its error."""
+    another has left: its own exception on the failing rank, elsewhere `FailedElsewhere` naming
+    the rank and its error."""
     own = None
     try:
         mine = (None, contribute())
@@ -27,5 +31,5 @@ def gathered(all_gather, contribute):
         raise own
     for rank, (problem, _) in enumerate(everyone):
         if problem is not None:
-            raise RuntimeError(f"the pseudo-label pass failed on rank {rank}: {problem}")
+            raise FailedElsewhere(f"the pseudo-label pass failed on rank {rank}: {problem}")
     return [result for _, result in everyone]

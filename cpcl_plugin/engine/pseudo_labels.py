@@ -2,8 +2,9 @@
 
 Before each epoch from PSEUDO.START_EPOCH: features of every unique training image and every
 caption, in eval mode with test transforms, in dataset-index order -> k nearest neighbours per
-modality, each rank searching its share of the rows (gathered on rank 0) -> Jaccard distance and
-DBSCAN per modality (rank 0) -> OPLM -> labels sent to every rank -> prototype memory rebuilt ->
+modality, each rank searching its share of the rows (exchanged between all) -> Jaccard distance
+per modality, each rank finding and summing the DBSCAN graph's pairs of its share of the rows ->
+DBSCAN and OPLM (rank 0) -> labels sent to every rank -> prototype memory rebuilt ->
 labels handed to the training set and (under PSEUDO.PK_BATCHES) the P x K sampler. The model is
 back in train mode afterwards (inference_on_dataset).
 
@@ -28,7 +29,7 @@ from fastreid.utils import comm
 from ..clustering import (SearchShare, cluster, cooccurrence, knn_share, mine_outliers,
                           pseudo_label_quality, resolve_search, row_share, search_rule)
 from ..clustering.oplm import label_sums, normalized_rows
-from ..clustering.ranks import one_process
+from ..clustering.ranks import FailedElsewhere, one_process
 from ..data.build import build_feature_loader, flatten_pairs
 from ..data.datasets import build_dataset
 from ..evaluation.features import extract_features
@@ -56,15 +57,14 @@ def search_options(cfg):
 
 
 def shared_neighbours(features, k, search, options, rank=0, world_size=1):
-    """(lists, search): the (N, k) nearest-neighbour lists of `features` on rank 0 (None on the
-    other ranks), and how the search went (`SearchShare` without rows and lists, the same on every
-    rank). Each rank searches its share of the rows (`knn_share`, on its own device), the shares
-    are gathered on rank 0. Identical to one process searching everything. A failed search on any
-    rank, or shares that do not cover every row once, raise the same RuntimeError on every rank,
-    so that no rank is left waiting."""
+    """(lists, search): the (N, k) nearest-neighbour lists of `features`, on every rank, and how
+    the search went (`SearchShare` without rows and lists, the same on every rank). Each rank
+    searches its share of the rows (`knn_share`, on its own device) and the shares are
+    exchanged. Identical to one process searching everything. A failed search on any rank, or
+    shares that do not cover every row once, raise the same RuntimeError on every rank, so that
+    no rank is left waiting."""
     if len(features) == 0:
-        return (np.zeros((0, 0), dtype=np.int64) if rank == 0 else None), \
-            SearchShare(None, None, search, 1.0)
+        return np.zeros((0, 0), dtype=np.int64), SearchShare(None, None, search, 1.0)
     k = min(k, len(features))
     how = None
     try:
@@ -73,27 +73,24 @@ def shared_neighbours(features, k, search, options, rank=0, world_size=1):
                           **options)
         share = (found.rows, found.lists.astype(np.int32))  # half the bytes to send
         how = found._replace(rows=None, lists=None)
+    except FailedElsewhere:
+        share = None  # the failing rank sends its own error
     except Exception as err:  # sent as text: every exception pickles as a string
         share = f"the neighbour search failed on rank {rank}: {err!r}"
-    shares = comm.gather(share, dst=0) if world_size > 1 else [share]
-    problem, lists = None, None
-    if rank == 0:
-        # A rank's own error first: the others only know that another rank failed.
-        problem = next((s for s in sorted((s for s in shares if isinstance(s, str)),
-                                          key=lambda s: "another rank" in s)), None)
-        if problem is None:
-            lists = np.full((len(features), k), -1, dtype=np.int64)
-            for rows, part in shares:
-                lists[rows] = part
-            written = np.bincount(np.concatenate([rows for rows, _ in shares]),
-                                  minlength=len(features))
-            if (written != 1).any():
-                problem = (f"the ranks' shares of the {search} neighbour search cover "
-                           f"{int((written == 0).sum())} rows not at all and "
-                           f"{int((written > 1).sum())} rows more than once (a bug: please "
-                           f"report it with this line)")
-    if world_size > 1:
-        problem = comm.all_gather(problem)[0]  # rank 0's verdict, on every rank
+    shares = comm.all_gather(share) if world_size > 1 else [share]
+    problem = next((s for s in shares if isinstance(s, str)), None)
+    lists = None
+    if problem is None:
+        lists = np.full((len(features), k), -1, dtype=np.int64)
+        for rows, part in shares:
+            lists[rows] = part
+        written = np.bincount(np.concatenate([rows for rows, _ in shares]),
+                              minlength=len(features))
+        if (written != 1).any():
+            problem = (f"the ranks' shares of the {search} neighbour search cover "
+                       f"{int((written == 0).sum())} rows not at all and "
+                       f"{int((written > 1).sum())} rows more than once (a bug: please "
+                       f"report it with this line)")
     if problem:
         raise RuntimeError(problem)
     return lists, how
@@ -181,13 +178,11 @@ class PseudoLabelHook(HookBase):
         searched = [self._neighbours(f, unit) for f, unit in ((image_f[image_valid], "images"),
                                                               (text_f, "captions"))]
         neighbours = [lists for lists, _ in searched]
-        labels = None
-        if comm.is_main_process():
-            try:
-                labels = self._cluster(image_f, text_f, train_set.pair_image, image_valid,
-                                       neighbours)
-            except Exception as err:  # every rank must leave the collective below, then fail
-                labels = err
+        try:  # every rank: the clustering is shared (rank 0's result is the labels)
+            labels = self._cluster(image_f, text_f, train_set.pair_image, image_valid,
+                                   neighbours)
+        except Exception as err:  # every rank must leave the collective below, then fail
+            labels = err
         if comm.get_world_size() > 1:
             labels = comm.all_gather(labels)[0]
         if isinstance(labels, Exception):
@@ -209,8 +204,8 @@ class PseudoLabelHook(HookBase):
         return per_rank, peak.since_start
 
     def _neighbours(self, features, unit):
-        """This modality's neighbour lists on rank 0 (None elsewhere), every rank searching its
-        share; logs which search ran."""
+        """This modality's neighbour lists and how they were searched, every rank searching its
+        share and receiving all of them; logs which search ran."""
         p, start, world = self.cfg.PSEUDO, time.perf_counter(), comm.get_world_size()
         asked = resolve_search(p.SEARCH, len(features), p.EXACT_MAX)
         lists, how = shared_neighbours(features, p.K1, asked, search_options(self.cfg),
@@ -234,10 +229,13 @@ class PseudoLabelHook(HookBase):
         return lists, how
 
     def _cluster(self, image_f, text_f, pair_image, image_valid, neighbours):
-        """Image and caption pseudo labels, OPLM, statistics, from the gathered neighbour lists
-        (image ones over the decodable images). Images that could not be decoded
+        """On rank 0, image and caption pseudo labels, OPLM, statistics, from every rank's
+        neighbour lists (image ones over the decodable images); None on the other ranks, which
+        share the clustering's work. Images that could not be decoded
         (DATASETS.SKIP_BAD_IMAGES) are outliers, never clustered nor mined."""
-        p, kwargs = self.cfg.PSEUDO, clustering_settings(self.cfg)
+        p, world = self.cfg.PSEUDO, comm.get_world_size()
+        kwargs = dict(clustering_settings(self.cfg), rank=comm.get_rank(), world_size=world,
+                      all_gather=comm.all_gather if world > 1 else one_process)
 
         def cluster_with_progress(features, lists, unit):
             # Progress in the form of every long step (start and end: cluster() is one call).
@@ -248,6 +246,8 @@ class PseudoLabelHook(HookBase):
         y_v = np.full(len(image_f), -1, dtype=np.int64)
         y_v[image_valid] = cluster_with_progress(image_f[image_valid], neighbours[0], "images")
         y_t = cluster_with_progress(text_f, neighbours[1], "captions")
+        if not comm.is_main_process():
+            return None
         stats = {"skipped_images": int((~image_valid).sum()),
                  "image_clusters": int(y_v.max(initial=-1) + 1), "image_outliers": int((y_v < 0).sum()),
                  "text_clusters": int(y_t.max(initial=-1) + 1), "text_outliers": int((y_t < 0).sum()),

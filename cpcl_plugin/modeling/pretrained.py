@@ -18,6 +18,9 @@ __all__ = ["RECIPE_SUFFIXES", "EXPORT_VERSION", "is_recipe", "recipe_config",
            "pretrained_weights_path", "without_pretrained_weights"]
 
 RECIPE_SUFFIXES = (".yml", ".yaml")
+# Keys declared after caches were first named: left out of the hash while they hold their
+# defaults, so that those caches keep their names (a recipe that sets one gets a name of its own).
+LATER_KEYS = ("PSEUDO.IVF.MIN_RECALL", "PSEUDO.IVF.MAX_NPROBE", "PSEUDO.IVF.RECALL_ROWS")
 # Bump when the export (engine/pretraining.py: open_clip_state_dict) changes, so that cached
 # weights are made again.
 EXPORT_VERSION = "1"
@@ -63,6 +66,14 @@ def pretrained_weights_path(cfg, _within=()):
     # removed, not blanked, so that the caches made before the keys existed keep their names.
     del produced_by.SOLVER["CHECKPOINT_KEEP"]
     del produced_by.TEST["IDS_PER_GALLERY"]
+    defaults = load_config(check=False)
+    for key in LATER_KEYS:
+        *path, leaf = key.split(".")
+        node, default = produced_by, defaults
+        for part in path:
+            node, default = node[part], default[part]
+        if node[leaf] == default[leaf]:
+            del node[leaf]
     blob = (produced_by.dump() + GENERATOR_VERSION + EXPORT_VERSION + starts_from).encode()
     name = os.path.splitext(os.path.basename(recipe))[0]
     return os.path.join(root, "pretrained",

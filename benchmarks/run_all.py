@@ -47,7 +47,7 @@ BENCHMARKS = [
      ["benchmarks/scale.py", "--plot", "docs/img/scale.png"], "scale.png",
      "One modality's pseudo-label pass at CUHK-PEDES size with the exact and the approximate "
      "kNN search side by side, and at a million rows (LUPerson-T and MALS have 1.3M and 1.5M "
-     "pairs), on this machine; with a projection to 8 ranks from the measured share of one. "
+     "pairs), on this machine, one process. "
      "Not part of `make bench`: `make bench-scale` (about 10 minutes)."),
     ("throughput", "Training throughput", ["benchmarks/throughput.py"], None,
      "Steps per second of `CPCLTrainer` against a plain PyTorch loop over the same model, "

@@ -7,11 +7,9 @@ at CUHK-PEDES size with the exact and the approximate search side by side, and a
 Features: 512-d unit vectors around N / 6 identity centres (feature_distributions.py's
 clustered_features, the clustering benchmark's), stored in float16 as the pseudo-label pass
 stores them. Each run is its own process; its peak resident memory is measured from the features
-on (the process with its imports and the float16 features, not the generator's temporaries). The
-8-rank row is a projection, not a measurement: the time of one rank's share of the kNN search,
-measured here (rank 0 of 8, `knn_share`), plus the Jaccard distance and DBSCAN that rank 0 runs
-alone, measured in the same run; the gather of the lists and GPU speed are not in it.
-Prints Markdown tables.
+on (the process with its imports and the float16 features, not the generator's temporaries).
+One process: the ranks of a shared pass meet through collectives (a rank's share cannot be timed
+alone), so several ranks are measured as real processes, not projected. Prints Markdown tables.
 """
 import argparse
 import json
@@ -23,10 +21,9 @@ import time
 from feature_distributions import clustered_features  # beside this script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROJECTED_RANKS = 8
 
 
-def run_one(n, search, out, share_of):
+def run_one(n, search, out):
     """In a child process: one modality's pass over n features; labels saved, a JSON line."""
     sys.path.insert(0, REPO)
     import numpy as np
@@ -48,19 +45,14 @@ def run_one(n, search, out, share_of):
               "clusters": int(labels.max() + 1), "outliers": int((labels < 0).sum()),
               # MONITORING: the generator's identities, to see what a disagreement costs.
               "identity_ari": pseudo_label_quality(labels, identities)["ari"]}
-    if share_of > 1:  # one rank's share of the search, for the projection
-        start = time.perf_counter()
-        # At the whole search's final NPROBE: the recall it measured applies to every share.
-        knn_share(x, 30, found.search, 0, share_of, nprobe=found.nprobe, min_recall=0)
-        result["share_s"] = time.perf_counter() - start
     np.save(out, labels)
     print(json.dumps(result))
 
 
-def measure(n, search, tmp, share_of=1):
+def measure(n, search, tmp):
     out = os.path.join(tmp, f"{search}-{n}.npy")
-    proc = subprocess.run([sys.executable, __file__, "--child", str(n), search, out,
-                           str(share_of)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, "--child", str(n), search, out],
+                          capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{search} search at N = {n} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -83,11 +75,11 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="*", default=[1000000],
                         help="N of the approximate-only rows (default: %(default)s)")
     parser.add_argument("--plot", help="write time and peak memory against N to this PNG file")
-    parser.add_argument("--child", nargs=4, metavar=("N", "SEARCH", "OUT", "SHARE_OF"),
+    parser.add_argument("--child", nargs=3, metavar=("N", "SEARCH", "OUT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return run_one(int(args.child[0]), args.child[1], args.child[2], int(args.child[3]))
+        return run_one(int(args.child[0]), args.child[1], args.child[2])
 
     import tempfile
     import numpy as np
@@ -99,11 +91,11 @@ def main():
             ari = agreement(np.load(exact["labels"]), np.load(approx["labels"]))
             rows += [(n, "exact", exact, None), (n, "approximate", approx, ari)]
         for n in args.sizes:
-            rows.append((n, "approximate", measure(n, "approximate", tmp, PROJECTED_RANKS), None))
+            rows.append((n, "approximate", measure(n, "approximate", tmp), None))
     print(f"One modality's pass, {os.cpu_count()} CPU cores, one process (kNN k = 30, Jaccard "
           f"k1 = 30, k2 = 6, DBSCAN eps = 0.6, min_samples = 4):")
     print()
-    print("| N | search | recall@30 (NPROBE) | kNN s | Jaccard + DBSCAN s | total s | peak GB | "
+    print("| N | search | recall (NPROBE) | kNN s | Jaccard + DBSCAN s | total s | peak GB | "
           "ARI vs exact | ARI vs identities | clusters | outliers |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n, search, r, ari in rows:
@@ -114,22 +106,9 @@ def main():
               f"{r['identity_ari']:.4f} | {r['clusters']:,} | {r['outliers']:,} |")
     print()
     print("ARI: adjusted Rand index, each outlier its own cluster; against the identities the "
-          "features were drawn around (monitoring, not used by the clustering). Recall: measured "
-          "by the search itself on 1,000 sampled rows, with the NPROBE it settled on "
-          "(PSEUDO.IVF.MIN_RECALL 0.95).")
-    projected = [(n, r) for n, _, r, _ in rows if "share_s" in r]
-    if projected:
-        print()
-        print(f"Projection, not a measurement: {PROJECTED_RANKS} ranks, each searching its share "
-              f"(time of rank 0's share measured here on {os.cpu_count()} cores), rank 0 then "
-              f"running the Jaccard distance and DBSCAN alone:")
-        print()
-        print(f"| N | measured 1-rank kNN s | measured share of 1/{PROJECTED_RANKS} s | "
-              f"Jaccard + DBSCAN s | projected {PROJECTED_RANKS}-rank total s |")
-        print("|---|---|---|---|---|")
-        for n, r in projected:
-            print(f"| {n:,} | {r['knn_s']:.1f} | {r['share_s']:.1f} | {r['cluster_s']:.1f} | "
-                  f"{r['share_s'] + r['cluster_s']:.1f} |")
+          "features were drawn around (monitoring, not used by the clustering). Recall: the share of "
+          "each row's 29 nearest other rows in its list, measured by the search itself on 1,000 "
+          "sampled rows, at the NPROBE it settled on (PSEUDO.IVF.MIN_RECALL 0.95, MAX_NPROBE 64).")
     if args.plot:
         plot(rows, args.plot)
 

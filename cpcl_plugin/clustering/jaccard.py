@@ -117,7 +117,7 @@ def _work_share(terms, rank, world_size):
         return slice(0, len(terms))
     cumulative = np.cumsum(terms)
     total = cumulative[-1] if len(terms) else 0.0
-    cut = lambda r: len(terms) if r == world_size else \
+    cut = lambda r: 0 if r == 0 else len(terms) if r == world_size else \
         int(np.searchsorted(cumulative, total * r / world_size, side="right"))
     return slice(cut(rank), cut(rank + 1))
 
@@ -174,11 +174,11 @@ def _shared_mass(V, min_mass=0.0):
 
 
 def _dbscan_pairs(V, eps, min_samples, rank=0, world_size=1, all_gather=one_process):
-    """(i, k, mass) of the pairs of a sparse symmetric graph on which DBSCAN(min_samples), with
-    the diagonal added, gives exactly the labels it gives on every pair with m >= min_mass;
-    masses are lower bounds where not summed. It leaves out pairs that cannot change those labels,
-    without summing them. With several ranks (every one holding all of V), each finds and sums
-    the pairs of its share of the rows, and every rank returns all the pairs.
+    """[(i, k, mass) of each rank] of the pairs of a sparse symmetric graph on which
+    DBSCAN(min_samples), with the diagonal added, gives exactly the labels it gives on every pair
+    with m >= min_mass; masses are lower bounds where not summed. It leaves out pairs that cannot
+    change those labels, without summing them. With several ranks (every one holding all of V),
+    each finds and sums the pairs of its share of the rows.
 
     DBSCAN's labels depend only on which points are core (at least min_samples neighbours,
     itself included), on the connected components of the cores, and on the neighbours of the
@@ -188,23 +188,24 @@ def _dbscan_pairs(V, eps, min_samples, rank=0, world_size=1, all_gather=one_proc
     >= 1 - sqrt(1 - b^2) for the bound b of `_candidate_pairs` (Le Cam), and those above need no
     sum; then each point's `min_samples + 2` candidates of highest bound are summed first. Every
     other candidate is summed unless it can be skipped. In dense regions, where most pairs
-    qualify, this skips most of the summing. Which pairs are skipped depends on the shares, the
-    labels do not (a border point joins the cluster of its lowest-numbered core neighbour's
-    component, whatever the graph's other pairs).
+    qualify, this skips most of the summing. A skipped pair changes no core, no component of
+    the cores and no link between a core and a border point, which is all that sklearn's labels
+    read (it starts a cluster at each unlabelled core in index order, and each cluster claims its
+    unlabelled border points).
     """
-    V = _sorted_csr(V)
     n = V.shape[0]
     min_mass = _min_mass(eps)
     mine = {}
 
     def known_pairs():
-        terms = _row_terms(V)
-        i, k, bound = _candidate_pairs(V, min_mass, rows=_work_share(terms, rank, world_size),
+        mine["V"] = V_ = _sorted_csr(V)
+        terms = _row_terms(V_)
+        i, k, bound = _candidate_pairs(V_, min_mass, rows=_work_share(terms, rank, world_size),
                                        terms=terms)
         mass = 1.0 - np.sqrt(np.clip(1.0 - bound.astype(np.float64) ** 2, 0.0, None))
         sure = mass >= min_mass + 1e-4  # slack: rows sum to 1 only to float precision
         first = ~sure & _best_of_each_row(i, bound, min_samples + 2)
-        mass[first] = _exact_mass(V, i[first], k[first])
+        mass[first] = _exact_mass(V_, i[first], k[first])
         known = sure | (first & _within(mass, eps))
         mine.update(i=i, k=k, mass=mass, sure=sure, first=first, known=known)
         return np.bincount(i[known], minlength=n) + np.bincount(k[known], minlength=n)
@@ -224,10 +225,10 @@ def _dbscan_pairs(V, eps, min_samples, rank=0, world_size=1, all_gather=one_proc
             sp.csr_matrix((np.ones(len(li), np.int8), (li, lk)), shape=(n, n)), directed=False)
         rest = ~mine["sure"] & ~mine["first"] & ~(core[i] & core[k] &
                                                   (component[i] == component[k]))
-        mass[rest] = _exact_mass(V, i[rest], k[rest])
+        mass[rest] = _exact_mass(mine["V"], i[rest], k[rest])
         keep = mine["known"] | (rest & _within(mass, eps))
         return i[keep], k[keep], mass[keep]
-    return tuple(np.concatenate(parts) for parts in zip(*gathered(all_gather, kept_pairs)))
+    return gathered(all_gather, kept_pairs)
 
 
 def _within(mass, eps):
@@ -241,7 +242,8 @@ def _best_of_each_row(i, bound, m):
     grouped by i, as `_candidate_pairs` gives them)."""
     # By row, then highest bound first: bounds lie in [0, 1 + rounding], so one float64 key
     # (row + 0.5 - bound / 4) orders both (an argsort several times faster than a lexsort).
-    order = np.argsort(i + (0.5 - bound.astype(np.float64) / 4))
+    # Stable: equal bounds keep the product's order, so the choice does not depend on the shares.
+    order = np.argsort(i + (0.5 - bound.astype(np.float64) / 4), kind="stable")
     starts = np.searchsorted(i, i)  # the first pair of each pair's row
     chosen = np.zeros(len(i), dtype=bool)
     chosen[order[np.arange(len(i)) - starts < m]] = True
@@ -355,11 +357,12 @@ def cluster(features, eps=0.6, min_samples=4, k1=30, k2=6, search="auto", neighb
     def expand():  # every rank: each needs the whole of V (its pairs reach every row)
         weights["V"] = _expanded_weights(features, k1, k2, neighbours)
     gathered(all_gather, expand)
-    i, k, mass = _dbscan_pairs(weights["V"], eps, min_samples, rank, world_size, all_gather)
+    pairs = _dbscan_pairs(weights["V"], eps, min_samples, rank, world_size, all_gather)
 
     def labels_of_rank0():
         if rank != 0:
             return None
+        i, k, mass = (np.concatenate(parts) for parts in zip(*pairs))
         graph = _mass_to_distance(_symmetric(n, i, k, mass, np.ones(n)))
         # sklearn treats stored entries as the neighbourhood graph: absent pairs are never
         # neighbours (pairs left out by _dbscan_pairs cannot change the labels; the others are

@@ -14,11 +14,13 @@ one rank's share of the rows. Arrays in, arrays out; no trainer state, no proces
   The far end of long lists (k1 = 30 where identities have ~6 members) comes from the scanned
   cells rather than from every row, which changes some labels: docs/benchmarks.md measures how
   many.
-- The approximate search measures its own recall: the k-th exact score of a random sample of rows
-  (`recall_rows`, one matrix product against every row), and how many of the approximate lists'
-  neighbours score at least that (ties count as found). Below `min_recall` it scans twice the cells
-  and measures again, until the target is met, or scanning more would cost more than the exact
-  search (which then runs), or `max_nprobe` is reached (one warning says so, and what to set).
+- The approximate search measures its own recall: for a random sample of rows (`recall_rows`, one
+  matrix product against every row), the (k - 1)-th best exact score among the other rows, and how
+  many of the other rows in the approximate lists score at least that (ties count as found). Below
+  `min_recall` it scans twice the cells (at most `max_nprobe`) and measures again, until the target
+  is met, or doubling would multiply more pairs than the exact search (which then runs, whatever
+  the cap: it costs less than the next step would), or `max_nprobe` is reached (one warning says
+  so, and what to set).
 
 With several processes, each computes a share (`knn_share`): whole blocks of rows for the exact
 search, whole cells for the approximate one, and each share multiplies exactly the blocks one
@@ -119,7 +121,8 @@ def knn_share(features, k, search, rank, world_size, nlist=0, nprobe=8, train_pe
         search: "exact" or "approximate".
         nlist, nprobe, train_per_list: the approximate search's cells (0 = `ivf_lists(N)`),
             cells scanned per cell at first, and k-means training rows per cell.
-        min_recall, max_nprobe, recall_rows: the approximate search's recall@k target, the most
+        min_recall, max_nprobe, recall_rows: the approximate search's target recall (the
+            share of each sampled row's k - 1 nearest other rows that its list holds), the most
             cells per cell it scans to reach it, and the rows it measures recall on (0 = none;
             the target is then not checked).
         all_gather: with `world_size` > 1, for the approximate search, the collective of
@@ -130,17 +133,17 @@ def knn_share(features, k, search, rank, world_size, nlist=0, nprobe=8, train_pe
     n = len(features)
     k = min(k, n)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    x = _Rows(features, device)
     if search == "exact":
         share = row_share(n, rank, world_size, block)
-        return SearchShare(np.arange(share.start, share.stop), _exact(x, k, share, block),
-                           "exact", 1.0)
+        return SearchShare(np.arange(share.start, share.stop),
+                           _exact(_Rows(features, device), k, share, block), "exact", 1.0)
     if search == "approximate":
         if world_size > 1 and all_gather is one_process:
             raise ValueError("an approximate search shared by several ranks needs their "
                              "all_gather (they share the k-means and the recall)")
-        return _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block,
-                            min_recall, max_nprobe, recall_rows, all_gather)
+        return _approximate(features, device, k, rank, world_size, nlist, nprobe,
+                            train_per_list, block, min_recall, max_nprobe, recall_rows,
+                            all_gather)
     raise ValueError(f"search {search!r} must be 'exact' or 'approximate' here")
 
 
@@ -244,53 +247,77 @@ def _own_first(scores, columns=None):
 
 def sampled_recall(features, rows, lists, sample, block=BLOCK, device=None):
     """(found, asked): over the rows of `sample` that are among `rows` (ascending, with their
-    neighbour `lists` (m, k)), the neighbours whose score reaches the row's k-th best score among
-    all rows of `features` (ties count as found), and k per such row. found / asked is the
-    recall@k; summed over ranks' shares, that of the whole search."""
+    neighbour `lists` (m, k), each row's own index among them), how many of the listed other rows
+    score at least the row's (k - 1)-th best score among all other rows of `features` (ties count
+    as found), and k - 1 per such row. found / asked is the recall; summed over the ranks'
+    shares, that of the whole search."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return _sampled_hits(_Rows(features, device), rows, lists, sample, block)
 
 
-def _sampled_hits(x, rows, lists, sample, block):
+def _sampled_hits(x, rows, lists, sample, block, cache=None, chunk=256):
+    """`sampled_recall` on `_Rows`; `cache` (a dict) keeps the exact scores between calls over
+    the same sampled rows (the search widens without changing which rows a rank owns)."""
     at = np.searchsorted(rows, sample)
     mine = (at < len(rows)) & (rows[np.minimum(at, len(rows) - 1)] == sample) if len(rows) else \
         np.zeros(len(sample), dtype=bool)
-    queries, found_lists = sample[mine], lists[at[mine]]
-    if len(queries) == 0:
+    queries, listed = sample[mine], lists[at[mine]]
+    k = lists.shape[1]
+    if len(queries) == 0 or k < 2:
         return 0.0, 0.0
-    k = found_lists.shape[1]
-    q = torch.from_numpy(queries)
-    xq = x.take(q)
+    cache = {} if cache is None else cache
+    if not np.array_equal(cache.get("queries"), queries):
+        cache["queries"], cache["kth"] = queries, torch.cat(
+            [_kth_scores(x, torch.from_numpy(queries[c:c + chunk]), k, block)
+             for c in range(0, len(queries), chunk)])
+    found = 0
+    for c in range(0, len(queries), chunk):  # in chunks: queries x k x d floats at a time
+        q = torch.from_numpy(queries[c:c + chunk])
+        neighbours = torch.from_numpy(listed[c:c + chunk]).to(x.device)
+        scores = torch.einsum("qd,qkd->qk", x.take(q), x.take(neighbours.reshape(-1)).reshape(
+            len(q), k, -1))
+        if not x.unit:
+            scores = scores - x.half_sq[neighbours]
+        scores[neighbours == q.to(x.device)[:, None]] = -float("inf")  # itself is no neighbour
+        kth = cache["kth"][c:c + chunk, None]
+        # The two products sum in different orders: a hair of slack for rounding.
+        found += int((scores >= kth - 1e-5 * (1 + kth.abs())).sum())
+    return float(found), float(len(queries) * (k - 1))
+
+
+def _kth_scores(x, queries, k, block):
+    """Per query row, its k-th best score among all rows, its own row first (+inf): the
+    (k - 1)-th best among the others."""
+    xq = x.take(queries)
     best = torch.full((len(queries), k), -float("inf"), device=x.device)
-    for b in range(0, x.n, block):  # every row's k-th best score, own row first (+inf)
+    for b in range(0, x.n, block):
         s = x.score(xq @ x.take(slice(b, b + block)).T, slice(b, b + block))
-        own = ((q >= b) & (q < b + block)).nonzero().squeeze(1)
-        s[own.to(x.device), (q[own] - b).to(x.device)] = float("inf")
+        own = ((queries >= b) & (queries < b + block)).nonzero().squeeze(1)
+        s[own.to(x.device), (queries[own] - b).to(x.device)] = float("inf")
         best = torch.cat([best, s], dim=1).topk(k, dim=1).values
-    kth = best[:, -1]
-    neighbours = torch.from_numpy(found_lists)
-    found = torch.einsum("qd,qkd->qk", xq, x.take(neighbours.reshape(-1)).reshape(
-        len(queries), k, -1))
-    if not x.unit:
-        found = found - x.half_sq[neighbours.to(x.device)]
-    found[neighbours.to(x.device) == q.to(x.device)[:, None]] = float("inf")
-    # The two products sum in different orders: a hair of slack for rounding.
-    hits = (found >= kth[:, None] - 1e-5 * (1 + kth.abs()[:, None])).sum()
-    return float(hits), float(len(queries) * k)
+    return best[:, -1]
 
 
-def _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block, min_recall,
-                 max_nprobe, recall_rows, all_gather):
+def _approximate(features, device, k, rank, world_size, nlist, nprobe, train_per_list, block,
+                 min_recall, max_nprobe, recall_rows, all_gather):
     """IVF: the rows of each cell of this rank's share of cells, against the rows of the nprobe
-    cells nearest to the cell's centre; nprobe doubles while the measured recall is below
-    `min_recall` (see the module's docstring)."""
+    cells nearest to the cell's centre; nprobe doubles, up to max_nprobe, while the measured
+    recall is below `min_recall` (see the module's docstring). Everything a rank computes
+    between two exchanges runs inside `gathered`, so that a failure reaches every rank."""
     start = time.perf_counter()
-    n, device = x.n, x.device
+    n = len(features)
     cells = ivf_lists(n, nlist)
     sample = np.sort(np.random.default_rng(1234).choice(n, min(n, cells * train_per_list),
                                                         replace=False))
+    recall_sample = np.sort(np.random.default_rng(4321).choice(n, min(n, recall_rows),
+                                                               replace=False))
+    assigned = row_share(n, rank, world_size, block)  # the rows this rank puts in cells
+    state = {}
 
-    def train():
+    def train():  # every rank: its rows; rank 0: the k-means centres
+        state["x"] = x = _Rows(features, device)
+        if rank != 0:
+            return None
         # On the CPU: faiss's gpu=True would spread the k-means over every visible GPU.
         # min_points_per_centroid 1: with few rows (a small set, or an explicit PSEUDO.IVF.NLIST)
         # faiss would print a raw "please provide at least 39 training points" to the console;
@@ -299,77 +326,85 @@ def _approximate(x, k, rank, world_size, nlist, nprobe, train_per_list, block, m
                               max_points_per_centroid=train_per_list, min_points_per_centroid=1)
         kmeans.train(np.ascontiguousarray(x.take(torch.from_numpy(sample)).cpu().numpy()))
         return kmeans.centroids
-    # Rank 0 trains, every rank takes its centres.
-    centres = torch.from_numpy(gathered(all_gather, train if rank == 0 else lambda: None)[0]) \
-        .to(device)
-    shift = 0 if x.unit else 0.5 * (centres ** 2).sum(1)
-    assigned = row_share(n, rank, world_size, block)
+    centres = gathered(all_gather, train)[0]
+    x = state["x"]
 
     def assign():  # this rank's rows' cells, in the blocks one process would multiply
-        return torch.cat([(x.take(slice(a, min(a + block, assigned.stop))) @ centres.T -
-                           shift).argmax(dim=1).cpu()
-                          for a in range(assigned.start, assigned.stop, block)] or
+        state["centres"] = c = torch.from_numpy(centres).to(device)
+        shift = 0 if x.unit else 0.5 * (c ** 2).sum(1)
+        return torch.cat([(x.take(slice(a, min(a + block, assigned.stop))) @ c.T - shift)
+                          .argmax(dim=1).cpu() for a in range(assigned.start, assigned.stop,
+                                                              block)] or
                          [torch.zeros(0, dtype=torch.int64)])
-    cell_of = torch.cat(gathered(all_gather, assign))  # the shares ascend with the rank
-    order = torch.argsort(cell_of, stable=True)  # rows grouped by cell, ascending within
-    bounds = torch.searchsorted(cell_of[order], torch.arange(cells + 1))
-    sizes = (bounds[1:] - bounds[:-1]).double()
-    centre_scores = centres @ centres.T  # nearest cells: by L2, as the rows' cells
-    if not x.unit:
-        centre_scores -= 0.5 * (centres ** 2).sum(1)[None, :]
-    _own_first(centre_scores)
-    mine = row_share(cells, rank, world_size, block=1)
-    recall_sample = np.sort(np.random.default_rng(4321).choice(n, min(n, recall_rows),
-                                                               replace=False))
-    exact_pairs = n * (n + 1) / 2  # the exact search multiplies each pair of blocks once
+    cell_parts = gathered(all_gather, assign)  # the shares ascend with the rank
+
+    def index():  # every rank alike: the rows of each cell, each cell's nearest cells
+        cell_of = torch.cat(cell_parts)
+        order = torch.argsort(cell_of, stable=True)  # rows grouped by cell, ascending within
+        bounds = torch.searchsorted(cell_of[order], torch.arange(cells + 1))
+        c = state["centres"]
+        centre_scores = c @ c.T  # nearest cells: by L2, as the rows' cells
+        if not x.unit:
+            centre_scores -= 0.5 * (c ** 2).sum(1)[None, :]
+        _own_first(centre_scores)
+        state.update(order=order, bounds=bounds, centre_scores=centre_scores,
+                     sizes=(bounds[1:] - bounds[:-1]).double())
 
     def scanned_pairs(probes):  # rows x candidates over every cell
-        near = centre_scores.topk(probes, dim=1).indices.cpu()
-        return float((sizes * sizes[near].sum(dim=1)).sum()), near
+        near = state["centre_scores"].topk(probes, dim=1).indices.cpu()
+        return float((state["sizes"] * state["sizes"][near].sum(dim=1)).sum()), near
 
-    probes, tried, scanned = min(nprobe, cells), [], {}
+    mine = row_share(cells, rank, world_size, block=1)
+    exact_pairs = n * (n + 1) / 2  # the exact search multiplies each pair of blocks once
+    probes, tried, stop = min(nprobe, cells), [], None
 
     def scan_and_measure():
-        scanned["rows"], scanned["lists"] = _scan_cells(x, k, order, bounds,
-                                                        scanned_pairs(probes)[1], mine, block)
-        return _sampled_hits(x, scanned["rows"], scanned["lists"], recall_sample, block) \
+        if "order" not in state:
+            index()
+        state["rows"], state["lists"] = _scan_cells(x, k, state["order"], state["bounds"],
+                                                    scanned_pairs(probes)[1], mine, block)
+        return _sampled_hits(x, state["rows"], state["lists"], recall_sample, block, state) \
             if len(recall_sample) else (0.0, 0.0)
     while True:
         found, asked = np.sum(gathered(all_gather, scan_and_measure), axis=0)
-        rows, lists = scanned["rows"], scanned["lists"]
         recall = found / asked if asked else float("nan")
         tried.append((probes, recall))
         if not asked or recall >= min_recall or probes >= cells:
             break
-        wider = min(cells, 2 * probes)
-        if scanned_pairs(wider)[0] >= exact_pairs:
-            logger.info(f"approximate kNN: recall@{k} {_tried(tried)} is below the target "
-                        f"{min_recall} and {wider} of {cells} cells would cost more than exact "
-                        f"search: exact search instead")
+        doubled = min(cells, 2 * probes)
+        if scanned_pairs(doubled)[0] >= exact_pairs:  # whatever the cap: exact costs less
+            logger.info(f"approximate kNN: {_tried(tried)} of {cells} cells, below the target "
+                        f"recall {min_recall}, and NPROBE {doubled} would multiply more pairs "
+                        f"than exact search: exact search instead")
             return SearchShare(np.arange(assigned.start, assigned.stop),
                                _exact(x, k, assigned, block), "exact", 1.0, 0, cells,
                                tuple(tried))
-        if wider > max_nprobe:
-            if rank == 0:
-                logger.warning(
-                    f"The approximate neighbour search found only {recall:.3f} of the {k} "
-                    f"nearest neighbours (recall@{k} on {len(recall_sample)} sampled rows) with "
-                    f"{_tried(tried)} of {cells} cells, below PSEUDO.IVF.MIN_RECALL {min_recall}, "
-                    f"and PSEUDO.IVF.MAX_NPROBE {max_nprobe} stops it there: its pseudo labels "
-                    f"may differ much from exact search's. Raise PSEUDO.IVF.MAX_NPROBE (each "
-                    f"doubling about doubles the search's time), or set PSEUDO.SEARCH exact.")
+        wider = min(doubled, max_nprobe)
+        if wider <= probes:
+            stop = "cap"
             break
         probes = wider
+    if stop == "cap" and rank == 0:
+        logger.warning(
+            f"The approximate neighbour search found {100 * recall:.1f}% of the {k - 1} nearest "
+            f"neighbours of {len(recall_sample)} sampled rows, below PSEUDO.IVF.MIN_RECALL "
+            f"{min_recall} ({_tried(tried)} of {cells} cells), and PSEUDO.IVF.MAX_NPROBE "
+            f"{max_nprobe} stops it there: its pseudo labels may differ much from exact "
+            f"search's. Raise PSEUDO.IVF.MAX_NPROBE (each doubling about doubles the search's "
+            f"time), or set PSEUDO.SEARCH exact.")
+    rows, lists = state["rows"], state["lists"]
+    mine_rows = "" if world_size == 1 else f" (this rank's share: {len(rows)})"
     logger.info(f"approximate kNN: IVF, {cells} cells (faiss k-means on {len(sample)} rows), "
-                f"each scanning its {probes} nearest; {len(rows)} rows x {k} neighbours in "
-                f"{time.perf_counter() - start:.1f} s; recall@{k} on {len(recall_sample)} sampled "
+                f"each scanning its {probes} nearest; {n} rows{mine_rows} x {k} neighbours in "
+                f"{time.perf_counter() - start:.1f} s; recall on {len(recall_sample)} sampled "
                 f"rows: {_tried(tried)}")
     return SearchShare(rows, lists, "approximate", recall, probes, cells, tuple(tried))
 
 
 def _tried(tried):
-    """"0.812 at NPROBE 8, 0.930 at 16" for a log line."""
-    return ", ".join(f"{recall:.3f} at NPROBE {probes}" for probes, recall in tried)
+    """"recall 0.812 at NPROBE 8, 0.930 at 16" for a log line."""
+    return "recall " + ", ".join(f"{recall:.3f} at {'NPROBE ' if i == 0 else ''}{probes}"
+                                 for i, (probes, recall) in enumerate(tried))
 
 
 def _scan_cells(x, k, order, bounds, near_cells, mine, block):

@@ -95,17 +95,18 @@ def add_cpcl_config(cfg):
     _C.PSEUDO.IVF = CN()
     # Cells of the approximate search's k-means; 0: about 2 sqrt(N) (2,000 at a million rows).
     _C.PSEUDO.IVF.NLIST = 0
-    # Cells each cell's rows are scanned against (its nearest ones, itself first): more finds more
-    # of the exact neighbours, proportionally slower.
+    # Cells each cell's rows are scanned against at first (its nearest ones, itself first): more
+    # finds more of the exact neighbours, proportionally slower. Widened by MIN_RECALL below.
     _C.PSEUDO.IVF.NPROBE = 8
     # Training rows per cell for the k-means (a random sample of that many per cell).
     _C.PSEUDO.IVF.TRAIN_PER_LIST = 64
-    # Recall@K1 the approximate search must reach, measured against exact search on RECALL_ROWS
-    # random rows each pass (logged, and in TensorBoard as pseudo/*_knn_recall). Below it NPROBE
-    # doubles until it is reached, exact search would be cheaper (then that runs), or MAX_NPROBE
+    # Recall the approximate search must reach: the share of each row's K1 - 1 nearest other rows
+    # that its list holds, measured against exact search on RECALL_ROWS random rows each pass
+    # (logged, and in TensorBoard as pseudo/*_knn_recall). Below it NPROBE doubles until it is
+    # reached, or doubling would cost more than exact search (which then runs), or MAX_NPROBE
     # (then one warning). 0: measure and log only.
     _C.PSEUDO.IVF.MIN_RECALL = 0.95
-    # Most cells per cell the adaptation scans (each doubling about doubles the search's time).
+    # Most cells per cell the widening scans (each doubling about doubles the search's time).
     _C.PSEUDO.IVF.MAX_NPROBE = 64
     # Rows the recall is measured on (one matrix product of this many rows against all: seconds at
     # a million rows); 0: not measured, nothing adapts.

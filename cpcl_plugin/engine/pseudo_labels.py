@@ -178,18 +178,22 @@ class PseudoLabelHook(HookBase):
         searched = [self._neighbours(f, unit) for f, unit in ((image_f[image_valid], "images"),
                                                               (text_f, "captions"))]
         neighbours = [lists for lists, _ in searched]
+        labels, problem = None, None
         try:  # every rank: the clustering is shared (rank 0's result is the labels)
             labels = self._cluster(image_f, text_f, train_set.pair_image, image_valid,
                                    neighbours)
-        except Exception as err:  # every rank must leave the collective below, then fail
-            labels = err
-        if comm.get_world_size() > 1:
-            labels = comm.all_gather(labels)[0]
-        if isinstance(labels, Exception):
-            raise RuntimeError(f"Pseudo-label clustering failed on rank 0: {labels!r}")
-        self.image_labels, self.text_labels, stats = labels
+        except FailedElsewhere:
+            pass  # the failing rank says what failed
+        except Exception as err:  # every rank must reach the collective below, then fail
+            problem = f"on rank {comm.get_rank()}: {err!r}"  # text: not every error pickles
+        results = comm.all_gather((labels, problem)) if comm.get_world_size() > 1 else \
+            [(labels, problem)]
+        problem = next((p for _, p in results if p), None)
+        if problem:
+            raise RuntimeError(f"Pseudo-label clustering failed {problem}")
+        self.image_labels, self.text_labels, stats = results[0][0]
         for name, (_, how) in zip(("image", "text"), searched):
-            if how.tried and not math.isnan(how.recall):  # approximate: its measured recall@K1
+            if how.tried and not math.isnan(how.recall):  # approximate: its measured recall
                 stats[f"{name}_knn_recall"] = how.recall
         self._apply(memory, train_set, sampler, image_f, text_f)
         stats["seconds"] = time.perf_counter() - start
@@ -213,13 +217,13 @@ class PseudoLabelHook(HookBase):
         if comm.is_main_process():
             settings = ""
             if how.tried:
-                measured = f"recall@{p.K1} not measured (PSEUDO.IVF.RECALL_ROWS 0)" \
+                measured = "recall not measured (PSEUDO.IVF.RECALL_ROWS 0)" \
                     if math.isnan(how.recall) else \
-                    f"recall@{p.K1} {how.recall:.3f} on {min(len(features), p.IVF.RECALL_ROWS)} " \
+                    f"recall {how.recall:.3f} on {min(len(features), p.IVF.RECALL_ROWS)} " \
                     f"sampled rows"
                 settings = (f" ({how.cells} cells, NPROBE {how.nprobe}: {measured})"
                             if how.search == "approximate" else
-                            f" (the approximate search's recall@{p.K1} stayed below "
+                            f" (the approximate search's recall stayed below "
                             f"PSEUDO.IVF.MIN_RECALL {p.IVF.MIN_RECALL} until exact search "
                             f"was cheaper)")
             logger.info(f"{how.search} kNN search over {len(features)} {unit}{settings} "
@@ -239,7 +243,8 @@ class PseudoLabelHook(HookBase):
 
         def cluster_with_progress(features, lists, unit):
             # Progress in the form of every long step (start and end: cluster() is one call).
-            with Progress(f"clustering {len(features)} {unit}", len(features), unit) as progress:
+            with Progress(f"clustering {len(features)} {unit}", len(features), unit,
+                          enabled=comm.is_main_process()) as progress:
                 labels = cluster(features, neighbours=lists, **kwargs)
                 progress.update(len(features))
             return labels

@@ -113,8 +113,6 @@ def _row_blocks(terms, rows, max_rows, max_terms=1 << 25):
 def _work_share(terms, rank, world_size):
     """The rows (a slice) whose candidate pairs `rank` of `world_size` finds: consecutive rows of
     about equal work (terms), so that a dense region does not leave one rank all of it."""
-    if world_size == 1:
-        return slice(0, len(terms))
     cumulative = np.cumsum(terms)
     total = cumulative[-1] if len(terms) else 0.0
     cut = lambda r: 0 if r == 0 else len(terms) if r == world_size else \
